@@ -37,8 +37,45 @@ export const ERROR_CODES = {
   BOLT_ERR_CLI_NOT_RUNNING: 'No running core was found for the data directory (core.json missing or stale).',
   BOLT_ERR_ADMIN_UNAUTHORIZED: 'The admin API request had no or a wrong bearer token.',
   // --- jobs (parser, scheduler)
+  BOLT_ERR_JOB_EMPTY: 'The job file is empty or holds only comments. Hint: a job needs at least name: and tasks:.',
+  BOLT_ERR_JOB_SYNTAX: 'The job file is not valid YAML (or not valid JSON, for a .json file); the message gives the line and column. Hint: indent with spaces, close every quote and bracket.',
+  BOLT_ERR_JOB_SCHEMA: 'A value in the job file has the wrong type or form, or a required key is missing; the message names the key and what was expected.',
+  BOLT_ERR_JOB_UNKNOWN_KEY: 'The job file has a key the job format does not define (often a typo); the message lists the keys allowed there.',
+  BOLT_ERR_JOB_DUPLICATE_TASK: 'Two tasks have the same id. Hint: task ids must be unique within a job.',
+  BOLT_ERR_JOB_UNKNOWN_TASK: 'A task\'s needs names a task id the job does not define.',
+  BOLT_ERR_JOB_UNKNOWN_GROUP: 'A task\'s hosts names a group the job\'s groups: do not define.',
+  BOLT_ERR_JOB_UNKNOWN_ACTION: 'A task\'s action is not provided by any loaded action plugin; the message lists the known actions.',
+  BOLT_ERR_JOB_CYCLE: 'The tasks\' needs form a cycle, so none of those tasks could ever start; the message names the cycle.',
+  BOLT_ERR_JOB_BAD_DURATION: 'A duration is malformed or out of range. Hint: 500ms, 30s, 5m, 1h, 1m30s or a whole number of milliseconds, above zero and at most 2147483647 ms (24.8 days).',
+  BOLT_ERR_JOB_BAD_PERCENT: 'A share of hosts is malformed or out of range. Hint: N% with N from 0 to 100 (require.healthy also takes a fraction from 0 to 1).',
+  BOLT_ERR_JOB_BAD_CRON: 'schedule is not a cron expression node-cron accepts. Hint: 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, e.g. "0 2 * * *".',
+  BOLT_ERR_JOB_TEMPLATE: 'A {{ ... }} template cannot be resolved: an undefined var, an unknown group or host index, a host template outside a task\'s with:, or an unsupported expression.',
+  BOLT_ERR_JOB_BAD_VAR: 'A --var NAME=VALUE given on the command line is malformed or does not fit the type the job file gives that var.',
   // --- wire (transport, identity, trust)
+  BOLT_ERR_WIRE_TOO_LARGE: 'A wire message exceeds the size limit and was refused before parsing; send smaller batches or raise the limit on both sides.',
+  BOLT_ERR_WIRE_MALFORMED: 'A wire message is not JSON, lacks the { v, type, id } envelope or does not match the schema of its type; the message names the field.',
+  BOLT_ERR_WIRE_UNKNOWN_TYPE: 'The message type is not one this endpoint accepts from this kind of peer; the message was dropped.',
+  BOLT_ERR_WIRE_VERSION: 'The peer speaks another wire protocol version; upgrade the older side.',
+  BOLT_ERR_WIRE_BAD_KEY: 'A public key is not the base64 form of exactly 32 bytes.',
+  BOLT_ERR_WIRE_IDENTITY_UNREADABLE: 'The host key file in the data directory could not be read or is not an Ed25519 private key; restore it or remove it to create a new identity (peers that pinned the old key will refuse the new one).',
+  BOLT_ERR_WIRE_IDENTITY_INSECURE: 'The host private key file or its directory can be read by other users; run chmod 600 on the file and chmod 700 on its directory.',
+  BOLT_ERR_WIRE_HANDSHAKE_FAILED: 'The handshake broke off: a message came out of order or a transcript signature did not verify (the peer does not hold the key it presents).',
+  BOLT_ERR_WIRE_ROLE_REFUSED: 'The peer claims a role this endpoint does not accept (a client key is never accepted as a server or sink); check the URL and the peer\'s --role.',
+  BOLT_ERR_WIRE_PEER_NOT_ACCEPTED: 'The peer proved it holds its key, but the key is not accepted for its role; accept it with `bolt-core keys accept FINGERPRINT`.',
+  BOLT_ERR_WIRE_SERVER_KEY_CHANGED: 'The server presented a public key other than the pinned one: it was reinstalled or something impersonates it. If the change is expected, remove the pinned key and reconnect.',
+  BOLT_ERR_WIRE_BAD_MAC: 'A frame\'s MAC did not verify: it was altered or sealed with another key; the session is dropped.',
+  BOLT_ERR_WIRE_WRONG_SESSION: 'A frame names another session than the one this connection agreed on; the session is dropped.',
+  BOLT_ERR_WIRE_OUT_OF_SEQUENCE: 'A frame\'s sequence number is not the next expected one (replayed, dropped or reordered frame); the session is dropped.',
+  BOLT_ERR_WIRE_SESSION_BROKEN: 'An earlier frame of this session failed verification, so the session refuses everything after it; reconnect.',
+  BOLT_ERR_WIRE_UNSIGNED: 'A command arrived without a signature; nothing is run that the pinned server did not sign.',
+  BOLT_ERR_WIRE_BAD_SIGNATURE: 'A command\'s signature does not verify with the pinned server key: it was altered or signed by another key.',
+  BOLT_ERR_WIRE_EXPIRED: 'A command arrived after its expiresAt (on the server clock); check clock offset and dispatch latency.',
+  BOLT_ERR_WIRE_EXPIRY_TOO_FAR: 'A command\'s expiresAt lies further ahead than the longest lifetime a client remembers commands for; the server should sign shorter-lived commands.',
+  BOLT_ERR_WIRE_REPLAYED: 'A command with this id was already accepted (also before a restart); it is not run twice.',
+  BOLT_ERR_WIRE_REPLAY_GUARD_FULL: 'The replay guard holds its maximum number of unexpired command ids; new commands are refused until some expire.',
+  BOLT_ERR_WIRE_REPLAY_GUARD_IO: 'The replay guard could not read or durably write its file in the data directory; commands are refused because they could not be recorded.',
   // --- metrics (collectors, sink)
+  BOLT_ERR_METRICS_SOURCE_UNREADABLE: 'A host metrics source (a /proc or /sys file, or statfs of a mount point) could not be read or parsed; that group or mount is left out of the sample. Check that the path exists on this host (Linux procfs and sysfs mounted) and that the configured mount points exist.',
 } as const satisfies Record<string, string>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -65,14 +102,14 @@ export interface ErrorInfo {
 
 /** Turns anything thrown into an ErrorInfo that survives structured clone and JSON. */
 export function toErrorInfo(err: unknown, depth = 0): ErrorInfo {
-  if (err instanceof Error) {
-    const code = typeof (err as { code?: unknown }).code === 'string' ? (err as { code: string }).code : 'ERR_UNKNOWN';
-    const info: ErrorInfo = { code, message: err.message };
-    if (err.stack) info.stack = err.stack;
-    if (err.cause !== undefined && depth < 3) info.cause = toErrorInfo(err.cause, depth + 1);
+  if (err !== null && typeof err === 'object' && typeof (err as { message?: unknown }).message === 'string') {
+    const e = err as { code?: unknown; message: string; stack?: unknown; cause?: unknown };
+    const info: ErrorInfo = { code: typeof e.code === 'string' ? e.code : 'ERR_UNKNOWN', message: e.message };
+    if (typeof e.stack === 'string') info.stack = e.stack;
+    if (e.cause !== undefined && depth < 3) info.cause = toErrorInfo(e.cause, depth + 1);
     return info;
   }
-  return { code: 'ERR_UNKNOWN', message: typeof err === 'string' ? err : JSON.stringify(err) ?? String(err) };
+  return { code: 'ERR_UNKNOWN', message: typeof err === 'string' ? err : (JSON.stringify(err) ?? String(err)) };
 }
 
 /** Rebuilds a throwable error from an ErrorInfo, keeping the code. */

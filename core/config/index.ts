@@ -1,0 +1,110 @@
+/**
+ * `bolt.yaml`: optional settings for the core and per-plugin settings, each plugin's validated
+ * against the `config` schema in its own manifest.
+ */
+import { readFile } from 'node:fs/promises';
+import { Ajv, type ValidateFunction } from 'ajv';
+import { parse as parseYaml } from 'yaml';
+import { BoltError } from '../../plugin-sdk/src/errors.ts';
+import type { PluginManifest } from '../../plugin-sdk/src/schemas/manifest.ts';
+import { describeAjvErrors } from '../manifest/index.ts';
+
+export interface SupervisorSettings {
+  /** How often the core pings each plugin host. */
+  heartbeatIntervalMs: number;
+  /** A host that has not answered a ping for this long is terminated (an endless loop). */
+  watchdogTimeoutMs: number;
+  backoffInitialMs: number;
+  backoffMaxMs: number;
+  /** K: crashes allowed within the window before the plugin is `failed`. */
+  maxRestarts: number;
+  /** T: the window, in seconds. */
+  restartWindowS: number;
+  startTimeoutMs: number;
+  stopTimeoutMs: number;
+}
+
+export interface BoltConfig {
+  /** Settings per plugin name. */
+  plugins: Record<string, unknown>;
+  /** `process` runs every plugin not shipped with Bolt in a child process, whatever its manifest says. */
+  untrustedIsolation?: 'process';
+  supervisor: SupervisorSettings;
+  watcher: { settleMs: number };
+}
+
+export const DEFAULT_SUPERVISOR: SupervisorSettings = {
+  heartbeatIntervalMs: 500,
+  watchdogTimeoutMs: 2000,
+  backoffInitialMs: 100,
+  backoffMaxMs: 30_000,
+  maxRestarts: 5,
+  restartWindowS: 60,
+  startTimeoutMs: 10_000,
+  stopTimeoutMs: 5000,
+};
+
+const configSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    plugins: { type: 'object', additionalProperties: { type: 'object' } },
+    untrustedIsolation: { enum: ['process'] },
+    supervisor: {
+      type: 'object',
+      additionalProperties: false,
+      properties: Object.fromEntries(Object.keys(DEFAULT_SUPERVISOR).map((k) => [k, { type: 'number', minimum: 1 }])),
+    },
+    watcher: { type: 'object', additionalProperties: false, properties: { settleMs: { type: 'number', minimum: 0, maximum: 10_000 } } },
+  },
+} as const;
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+const validateConfig = ajv.compile(configSchema);
+const pluginValidators = new Map<string, ValidateFunction>();
+
+/** Reads bolt.yaml; a missing file gives the defaults. Throws BOLT_ERR_CONFIG_INVALID naming the file and field. */
+export async function loadConfig(file: string | undefined): Promise<BoltConfig> {
+  let raw: unknown = {};
+  if (file) {
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new BoltError('BOLT_ERR_CONFIG_INVALID', `${file}: ${(err as Error).message}`, { cause: err });
+      text = '';
+    }
+    try {
+      raw = parseYaml(text) ?? {};
+    } catch (err) {
+      throw new BoltError('BOLT_ERR_CONFIG_INVALID', `${file}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  if (!validateConfig(raw)) {
+    throw new BoltError('BOLT_ERR_CONFIG_INVALID', `${file ?? 'bolt.yaml'}: ${describeAjvErrors(validateConfig.errors, raw)}`);
+  }
+  const r = raw as Partial<BoltConfig>;
+  return {
+    plugins: r.plugins ?? {},
+    ...(r.untrustedIsolation ? { untrustedIsolation: r.untrustedIsolation } : {}),
+    supervisor: { ...DEFAULT_SUPERVISOR, ...r.supervisor },
+    watcher: { settleMs: r.watcher?.settleMs ?? 100 },
+  };
+}
+
+/** Validates (and fills defaults into a copy of) one plugin's settings against its manifest's config schema. */
+export function pluginSettings(manifest: PluginManifest, config: BoltConfig, configFile: string): unknown {
+  const settings = structuredClone(config.plugins[manifest.name] ?? {});
+  if (!manifest.config) return settings;
+  const key = JSON.stringify(manifest.config);
+  let validate = pluginValidators.get(key);
+  if (!validate) {
+    validate = ajv.compile(manifest.config);
+    pluginValidators.set(key, validate);
+  }
+  if (!validate(settings)) {
+    const fields = describeAjvErrors(validate.errors, settings).replaceAll('field "', `field "plugins/${manifest.name}/`);
+    throw new BoltError('BOLT_ERR_PLUGIN_CONFIG_INVALID', `${configFile}: ${fields}`);
+  }
+  return settings;
+}
