@@ -30,14 +30,16 @@ export interface CoreOptions {
 
 export class Core {
   readonly bus: Bus;
+  readonly broker: Broker;
   readonly supervisor: Supervisor;
   readonly info: CoreInfo;
   readonly log: Logger;
   private readonly watcher: PluginWatcher;
   private readonly admin: AdminServer;
 
-  private constructor(parts: { bus: Bus; supervisor: Supervisor; info: CoreInfo; log: Logger; watcher: PluginWatcher; admin: AdminServer }) {
-    this.bus = parts.bus;
+  private constructor(parts: { broker: Broker; supervisor: Supervisor; info: CoreInfo; log: Logger; watcher: PluginWatcher; admin: AdminServer }) {
+    this.broker = parts.broker;
+    this.bus = parts.broker.local;
     this.supervisor = parts.supervisor;
     this.info = parts.info;
     this.log = parts.log;
@@ -72,7 +74,7 @@ export class Core {
     const info = await admin.start();
     const folders = await watcher.start();
     await Promise.all(folders.map((f) => supervisor.sync(f)));
-    const core = new Core({ bus: broker.local, supervisor, info, log, watcher, admin });
+    const core = new Core({ broker, supervisor, info, log, watcher, admin });
     await core.settled();
     return core;
   }

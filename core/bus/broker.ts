@@ -52,6 +52,8 @@ export class Broker {
   private readonly channels = new Map<string, Set<string>>();
   private nextId = 1;
   private readonly hooks: BrokerHooks;
+  /** Counters of what passed through the main thread (direct channels bypass them). */
+  readonly stats = { routedRequests: 0, publishes: 0 };
 
   constructor(hooks: BrokerHooks = {}) {
     this.hooks = hooks;
@@ -175,6 +177,7 @@ export class Broker {
   }
 
   private fanout(topic: string, from: string, data: unknown): void {
+    this.stats.publishes++;
     let targets = this.fanoutCache.get(topic);
     if (!targets) {
       const found = new Set<string>();
@@ -222,6 +225,7 @@ export class Broker {
       return;
     }
     const id = this.nextId++;
+    this.stats.routedRequests++;
     const timer = setTimeout(() => {
       endpoint.abortCall?.(id);
       this.answer(id, { ok: false, error: { code: 'BOLT_ERR_BUS_TIMEOUT', message: `'${provider}' did not answer '${service}' within ${timeoutMs} ms` } });

@@ -108,7 +108,25 @@ export class Supervisor extends EventEmitter {
       record.crashTimes = [];
       await this.load(record.folder);
     });
-    return this.status(this.records.get(record.folder)!);
+    return this.settledStatus(record.folder, this.opts.config.supervisor.startTimeoutMs + 1000);
+  }
+
+  /** Resolves with a folder's status once it is no longer `loading` or `stopping` (or at the deadline). */
+  private settledStatus(folder: string, timeoutMs: number): Promise<PluginStatus> {
+    return new Promise((resolve) => {
+      const check = () => {
+        const r = this.records.get(folder);
+        if (r && r.state !== 'loading' && r.state !== 'stopping') done(r);
+      };
+      const done = (r: PluginRecord) => {
+        clearTimeout(timer);
+        this.off('change', check);
+        resolve(this.status(r));
+      };
+      const timer = setTimeout(() => done(this.records.get(folder)!), timeoutMs);
+      this.on('change', check);
+      check();
+    });
   }
 
   list(): PluginStatus[] {

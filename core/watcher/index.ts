@@ -3,7 +3,7 @@
  * writes settle, then the folder is handed to `onSettled` once, so a plugin copied file by file is
  * never loaded half-written. chokidar 5 has no globs; filtering is a function (MEASURED.md, 4).
  */
-import { readdir } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import chokidar, { type FSWatcher } from 'chokidar';
 
@@ -33,7 +33,12 @@ export class PluginWatcher {
     const folders: string[] = [];
     for (const dir of this.opts.dirs) {
       const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
-      for (const e of entries) if (e.isDirectory() && !ignored(e.name)) folders.push(path.join(dir, e.name));
+      for (const e of entries) {
+        if (ignored(e.name)) continue;
+        const folder = path.join(dir, e.name);
+        // A symbolic link to a plugin folder counts as the folder (createTestHost links one in).
+        if (e.isDirectory() || (e.isSymbolicLink() && (await stat(folder).then((s) => s.isDirectory(), () => false)))) folders.push(folder);
+      }
     }
     this.watcher = chokidar.watch(this.opts.dirs, { ignoreInitial: true, ignored, persistent: true });
     this.watcher.on('all', (_event, p) => this.touch(p));
