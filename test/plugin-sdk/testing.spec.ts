@@ -48,3 +48,24 @@ describe('plugin-sdk createTestHost', function () {
     }
   });
 });
+
+describe('plugin-sdk README example', () => {
+  it('the counter plugin and its test from the README work as written', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const readme = await readFile(path.join(PLUGINS, '..', 'plugin-sdk', 'README.md'), 'utf8');
+    const folder = path.join(PLUGINS, '..', 'test', 'plugin-sdk', 'counter');
+    // The fixture folder holds the README's two files verbatim.
+    expect(readme).to.contain(await readFile(path.join(folder, 'plugin.json'), 'utf8'));
+    expect(readme).to.contain(await readFile(path.join(folder, 'index.ts'), 'utf8'));
+    const host = await createTestHost(folder, { config: { step: 5 } });
+    try {
+      const seen: unknown[] = [];
+      host.bus.subscribe('counter.changed', (total) => seen.push(total));
+      expect(await host.bus.request('counter.add', 2)).to.equal(10);
+      expect(await host.bus.request('counter.total')).to.equal(10);
+      expect(seen).to.deep.equal([10]);
+    } finally {
+      await host.close();
+    }
+  });
+});
