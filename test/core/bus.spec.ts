@@ -62,7 +62,12 @@ describe('bus', function () {
     await writePlugin(path.join(t.pluginsDir, 'slow'), { name: 'slow' }, SLOW);
     await writePlugin(path.join(t.pluginsDir, 'caller'), { name: 'caller' }, CALLER);
     await writePlugin(path.join(t.pluginsDir, 'echo2'), { name: 'echo2' }, ECHO2);
-    for (const name of ['listener-a', 'listener-b', 'slow', 'caller', 'echo2']) await t.waitFor(name, 'running');
+    await writePlugin(path.join(t.pluginsDir, 'upper'), { name: 'upper', kind: 'parser', isolation: 'pool' }, `
+      export default async function upper(text) {
+        if (typeof text !== 'string') throw new TypeError('upper takes a string');
+        return text.toUpperCase();
+      }`);
+    for (const name of ['listener-a', 'listener-b', 'slow', 'caller', 'echo2', 'upper']) await t.waitFor(name, 'running');
   });
   after(async () => {
     await t.close();
@@ -89,6 +94,15 @@ describe('bus', function () {
     expect(err.code).to.equal('BOLT_ERR_BUS_HANDLER_FAILED');
     expect(err.message).to.contain('disk full');
     expect(err.cause.code).to.equal('E_DISK');
+  });
+
+  it('serves a pool plugin as the service named after it, a thrown error being an answer, not a crash', async () => {
+    const answers = await Promise.all(['a', 'bc', 'def', 'ghij'].map((w) => t.core.bus.request('upper', w)));
+    expect(answers).to.deep.equal(['A', 'BC', 'DEF', 'GHIJ']);
+    const err = (await t.core.bus.request('upper', 42).catch((e: unknown) => e)) as { code: string; cause: { message: string } };
+    expect(err.code).to.equal('BOLT_ERR_BUS_HANDLER_FAILED');
+    expect(err.cause.message).to.equal('upper takes a string');
+    expect(t.status('upper')).to.include({ state: 'running', isolation: 'pool', restarts: 0 });
   });
 
   it('fails a request with no provider at once', async () => {

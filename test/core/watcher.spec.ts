@@ -136,6 +136,15 @@ describe('watcher: hot loading plugin folders', function () {
     expect(p.lastError?.message).to.contain('plugins/example-echo/prefix');
   });
 
+  it('runs plugins not shipped with Bolt in a child process when bolt.yaml says untrustedIsolation: process', async () => {
+    await t.close();
+    t = await startTestCore({ config: { untrustedIsolation: 'process' } });
+    await t.copyIn(ECHO);
+    const p = await t.waitFor('example-echo', 'running');
+    expect(p.isolation).to.equal('process');
+    expect(await t.core.bus.request('example.echo', 'from a child')).to.equal('from a child');
+  });
+
   it('reports a syntax error in the entry as invalid with file and line, and loads once fixed', async () => {
     const dir = path.join(t.pluginsDir, 'typo');
     await writePlugin(dir, { name: 'typo' }, 'export default {\n  start(ctx) {\n    ctx.log.info("x"\n  },\n};\n');
