@@ -37,6 +37,11 @@ export const ERROR_CODES = {
   BOLT_ERR_CLI_NOT_RUNNING: 'No running core was found for the data directory (core.json missing or stale).',
   BOLT_ERR_ADMIN_UNAUTHORIZED: 'The admin API request had no or a wrong bearer token.',
   // --- jobs (parser, scheduler)
+  BOLT_ERR_ACTION_SPEC: 'A task\'s with: does not fit its action; the message names the field. Hint: shell takes exactly one of run (a string) or argv (a non-empty list of strings); sleep takes duration.',
+  BOLT_ERR_ACTION_SPAWN: 'The command could not be started: its program (argv[0]) or its cwd does not exist, or is not executable or accessible; the message names which.',
+  BOLT_ERR_ACTION_FAILED: 'The command exited with a non-zero code or was killed by a signal it did not get from Bolt; see stderrTail. Exit code 127 from run: means the shell did not find a command.',
+  BOLT_ERR_ACTION_TIMEOUT: 'The action ran longer than its task\'s timeout; its whole process group got SIGTERM, then SIGKILL after the grace period. Hint: raise timeout: or make the command finish sooner.',
+  BOLT_ERR_ACTION_CANCELLED: 'The action was cancelled (job cancelled or plugin unloaded) before it finished; a running command\'s whole process group got SIGTERM, then SIGKILL after the grace period.',
   BOLT_ERR_JOB_EMPTY: 'The job file is empty or holds only comments. Hint: a job needs at least name: and tasks:.',
   BOLT_ERR_JOB_SYNTAX: 'The job file is not valid YAML (or not valid JSON, for a .json file); the message gives the line and column. Hint: indent with spaces, close every quote and bracket.',
   BOLT_ERR_JOB_SCHEMA: 'A value in the job file has the wrong type or form, or a required key is missing; the message names the key and what was expected.',
@@ -75,6 +80,12 @@ export const ERROR_CODES = {
   BOLT_ERR_WIRE_REPLAY_GUARD_FULL: 'The replay guard holds its maximum number of unexpired command ids; new commands are refused until some expire.',
   BOLT_ERR_WIRE_REPLAY_GUARD_IO: 'The replay guard could not read or durably write its file in the data directory; commands are refused because they could not be recorded.',
   // --- metrics (collectors, sink)
+  BOLT_ERR_STORE_OPEN_FAILED: 'The sink store could not open its SQLite file (unwritable directory, a file that is not a SQLite database or not a Bolt sink store); the message names the file. Check the sink data directory, its permissions and the --data path.',
+  BOLT_ERR_STORE_SCHEMA_TOO_NEW: 'The sink store file was written by a newer Bolt (its schema version is higher than this sink knows); upgrade the sink or point it at another data directory.',
+  BOLT_ERR_STORE_BAD_RECORD: 'A record handed to the sink store lacks a required field or has one of the wrong type; the message names the field. Nothing from that call was stored (its transaction was rolled back).',
+  BOLT_ERR_STORE_STATUS_CONFLICT: 'A different final status (state or host counts) was already committed for this task; the first committed status stands because the server may already have acted on it.',
+  BOLT_ERR_STORE_WRITE_FAILED: 'SQLite refused a write (disk full, I/O error, or another writer held the file longer than the busy timeout); nothing from that call was stored. The cause carries SQLite\'s code; free disk space or stop the other writer, then resend.',
+  BOLT_ERR_STORE_CLOSED: 'The sink store was used after close(); open a new SinkStore on the file.',
   BOLT_ERR_METRICS_SOURCE_UNREADABLE: 'A host metrics source (a /proc or /sys file, or statfs of a mount point) could not be read or parsed; that group or mount is left out of the sample. Check that the path exists on this host (Linux procfs and sysfs mounted) and that the configured mount points exist.',
 } as const satisfies Record<string, string>;
 
