@@ -1,1 +1,3 @@
 export * from './manifest.ts';
+export * from './job.ts';
+export * from './wire.ts';
