@@ -169,9 +169,13 @@ class PoolHost extends EventEmitter implements PluginHost {
       maxThreads: opts.manifest.pool?.maxThreads ?? 2,
       idleTimeout: 30_000,
       resourceLimits: { maxOldGenerationSizeMb: limits.maxOldGenerationSizeMb ?? DEFAULT_HEAP_MB },
+      // Idle threads keep their event loop turning instead of blocking in Atomics.wait, so an error
+      // or rejection that a call leaves behind ends its thread (a crash) rather than going unnoticed.
+      atomics: 'disabled',
     });
-    // An unhandled pool 'error' event ends the process (MEASURED.md, section 2).
-    this.pool.on('error', (err: unknown) => this.crash(toErrorInfo(err)));
+    // An unhandled pool 'error' event ends the process (MEASURED.md, section 2). Piscina emits it
+    // when a thread dies with no call in flight.
+    this.pool.on('error', (err: unknown) => this.crash(threadDied(this.name, toErrorInfo(err), 'between calls')));
     this.pool.run(null, { name: 'ready' }).then(
       () => {
         if (this.exited) return;
@@ -210,7 +214,7 @@ class PoolHost extends EventEmitter implements PluginHost {
         const info = toErrorInfo(err);
         this.crash(abort.signal.aborted
           ? { code: 'BOLT_ERR_PLUGIN_UNRESPONSIVE', message: `a call to '${this.name}' ran past its timeout; its thread was terminated`, cause: info }
-          : { code: 'BOLT_ERR_PLUGIN_CRASHED', message: `a thread of '${this.name}' died during a call: ${info.message}`, cause: info });
+          : threadDied(this.name, info, 'during a call'));
       }
     } finally {
       this.inflight.delete(id);
@@ -235,6 +239,13 @@ class PoolHost extends EventEmitter implements PluginHost {
     await this.pool.destroy().catch(() => undefined);
     this.emit('exit', { code: 0 } satisfies HostExit);
   }
+}
+
+/** Why a pool thread died, as the plugin's crash: out of memory, or any other end of the thread. */
+function threadDied(name: string, info: ErrorInfo, when: string): ErrorInfo {
+  return info.code === 'ERR_WORKER_OUT_OF_MEMORY'
+    ? { code: 'BOLT_ERR_PLUGIN_OUT_OF_MEMORY', message: `a thread of '${name}' reached its memory limit ${when}: ${info.message}`, cause: info }
+    : { code: 'BOLT_ERR_PLUGIN_CRASHED', message: `a thread of '${name}' died ${when}: ${info.message}`, cause: info };
 }
 
 export function isPoolHost(host: PluginHost): host is PluginHost & { abortCall(id: number): void } {

@@ -30,11 +30,14 @@ async function load(): Promise<(input: unknown) => Promise<PoolOutcome>> {
 }
 
 const loaded = load();
-// Marked as handled here; `ready` reports the failure to the core.
-loaded.catch(() => undefined);
 
-/** Piscina awaits a default export that is a promise of the task function. */
-export default loaded;
+/**
+ * Piscina awaits a default export that is a promise of the task function. It always resolves:
+ * when it rejected, piscina imported this module a second time, which ran the hardening twice and
+ * reported "Cannot redefine property" instead of the plugin's own load error. `ready` reports that
+ * error to the core; a call never reaches a plugin that failed to load.
+ */
+export default loaded.catch((err: unknown) => async (): Promise<PoolOutcome> => ({ ok: false, error: toErrorInfo(err) }));
 
 /** Resolves once the plugin's module has loaded (rejects if it failed); the core calls it before serving. */
 export async function ready(): Promise<true> {

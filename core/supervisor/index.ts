@@ -287,7 +287,9 @@ export class Supervisor extends EventEmitter {
     if (record.host !== host) return;
     this.stopHeartbeat(record);
     record.host = undefined;
-    const error = exit.error ?? record.hostError;
+    // When the core ended the host itself (start failure, watchdog), that is the reason; the
+    // SIGKILL a child process then dies of is only the means.
+    const error = record.hostError ?? exit.error;
     this.opts.broker.detach(record.name, error);
     if (record.state === 'stopping' || this.closing) {
       record.stopWaiter?.();

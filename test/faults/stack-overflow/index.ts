@@ -1,0 +1,24 @@
+/**
+ * Fault zoo: unbounded recursion overflows the stack.
+ *
+ * Under `worker` or `process` isolation the plugin subscribes to the topic `fault.trigger` and
+ * faults in that subscriber when a message carries its own name. Under `pool` isolation the same
+ * default export is the pool function, and every call faults.
+ */
+import { definePlugin } from 'bolt-plugin-sdk';
+
+function recurse(depth: number): number {
+  return recurse(depth + 1) + 1;
+}
+
+function fault(): number {
+  return recurse(0);
+}
+
+export default Object.assign((_input: unknown) => fault(), definePlugin({
+  start(ctx) {
+    ctx.bus.subscribe('fault.trigger', (target) => {
+      if (target === ctx.name) fault();
+    });
+  },
+}));

@@ -1,0 +1,21 @@
+/**
+ * Fault zoo: a promise rejects and nothing handles it.
+ *
+ * Under `worker` or `process` isolation the plugin subscribes to the topic `fault.trigger` and
+ * faults in that subscriber when a message carries its own name. Under `pool` isolation the same
+ * default export is the pool function, and every call faults.
+ */
+import { definePlugin } from 'bolt-plugin-sdk';
+
+function fault(): string {
+  void Promise.reject(new Error('fault: a rejected promise nobody handled'));
+  return 'rejection left unhandled';
+}
+
+export default Object.assign((_input: unknown) => fault(), definePlugin({
+  start(ctx) {
+    ctx.bus.subscribe('fault.trigger', (target) => {
+      if (target === ctx.name) fault();
+    });
+  },
+}));
