@@ -129,6 +129,29 @@ export class Supervisor extends EventEmitter {
     });
   }
 
+  /** Resolves with the first plugin named `name` whose status matches; rejects after `timeoutMs`. */
+  waitFor(name: string, match: (p: PluginStatus) => boolean, timeoutMs: number): Promise<PluginStatus> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const found = this.list().find((p) => p.name === name && match(p));
+        if (!found) return;
+        cleanup();
+        resolve(found);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        const now = this.list().filter((p) => p.name === name);
+        reject(new BoltError('BOLT_ERR_PLUGIN_NOT_FOUND', `plugin '${name}' did not reach the expected state within ${timeoutMs} ms; now: ${JSON.stringify(now)}`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.off('change', check);
+      };
+      this.on('change', check);
+      check();
+    });
+  }
+
   list(): PluginStatus[] {
     return [...this.records.values()].map((r) => this.status(r)).sort((a, b) => a.name.localeCompare(b.name));
   }

@@ -84,23 +84,7 @@ export async function createTestHost(pluginDir: string | URL, options: TestHostO
     logs,
     status,
     waitFor(state, timeoutMs = 10_000) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          if (status()?.state !== state) return;
-          cleanup();
-          resolve(status());
-        };
-        const timer = setTimeout(() => {
-          cleanup();
-          reject(new Error(`'${manifest.name}' did not reach '${state}' within ${timeoutMs} ms (now ${status()?.state})`));
-        }, timeoutMs);
-        const cleanup = () => {
-          clearTimeout(timer);
-          core.supervisor.off('change', check);
-        };
-        core.supervisor.on('change', check);
-        check();
-      });
+      return core.supervisor.waitFor(manifest.name, (p) => p.state === state, timeoutMs);
     },
     async close() {
       await core.stop();

@@ -70,26 +70,7 @@ export async function startTestCore(opts: {
       return dest;
     },
     waitFor(name, state, timeoutMs = 10_000) {
-      const match = typeof state === 'function' ? state : (p: PluginStatus) => p.state === state;
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const p = status(name);
-          if (p && match(p)) {
-            cleanup();
-            resolve(p);
-          }
-        };
-        const timer = setTimeout(() => {
-          cleanup();
-          reject(new Error(`plugin '${name}' did not reach ${typeof state === 'string' ? state : 'the expected state'} within ${timeoutMs} ms; now: ${JSON.stringify(status(name))}`));
-        }, timeoutMs);
-        const cleanup = () => {
-          clearTimeout(timer);
-          core.supervisor.off('change', check);
-        };
-        core.supervisor.on('change', check);
-        check();
-      });
+      return core.supervisor.waitFor(name, typeof state === 'function' ? state : (p) => p.state === state, timeoutMs);
     },
     async close() {
       await core.stop();
