@@ -233,8 +233,6 @@ async function run(link: Link, init: HostInit): Promise<void> {
             (err: unknown) => link.send({ t: 'stopped', error: toErrorInfo(err) }),
           );
         break;
-      case 'init':
-        break;
     }
   });
 

@@ -64,6 +64,8 @@ interface PluginRecord {
   hostError?: ErrorInfo;
   restartTimer?: NodeJS.Timeout;
   heartbeat?: NodeJS.Timeout;
+  /** When the current host last answered a heartbeat. */
+  lastPong: number;
   /** Settles the current stop: resolved by 'stopped' or the host's exit. */
   stopWaiter?: () => void;
 }
@@ -108,25 +110,9 @@ export class Supervisor extends EventEmitter {
       record.crashTimes = [];
       await this.load(record.folder);
     });
-    return this.settledStatus(record.folder, this.opts.config.supervisor.startTimeoutMs + 1000);
-  }
-
-  /** Resolves with a folder's status once it is no longer `loading` or `stopping` (or at the deadline). */
-  private settledStatus(folder: string, timeoutMs: number): Promise<PluginStatus> {
-    return new Promise((resolve) => {
-      const check = () => {
-        const r = this.records.get(folder);
-        if (r && r.state !== 'loading' && r.state !== 'stopping') done(r);
-      };
-      const done = (r: PluginRecord) => {
-        clearTimeout(timer);
-        this.off('change', check);
-        resolve(this.status(r));
-      };
-      const timer = setTimeout(() => done(this.records.get(folder)!), timeoutMs);
-      this.on('change', check);
-      check();
-    });
+    const settled = (p: PluginStatus) => p.folder === record.folder && p.state !== 'loading' && p.state !== 'stopping';
+    return this.waitFor(name, settled, this.opts.config.supervisor.startTimeoutMs + 1000)
+      .catch(() => this.status(this.records.get(record.folder) ?? record));
   }
 
   /** Resolves with the first plugin named `name` whose status matches; rejects after `timeoutMs`. */
@@ -212,6 +198,7 @@ export class Supervisor extends EventEmitter {
       restarts: 0,
       crashTimes: previous?.crashTimes ?? [],
       lastError: null,
+      lastPong: 0,
     };
     try {
       const manifest = await readManifest(folder);
@@ -294,7 +281,7 @@ export class Supervisor extends EventEmitter {
         record.stopWaiter?.();
         return;
       case 'pong':
-        lastPong.set(host, Date.now());
+        record.lastPong = Date.now();
         return;
       case 'log': {
         const level = ['debug', 'info', 'warn', 'error'].includes(msg.level) ? msg.level : 'info';
@@ -347,9 +334,9 @@ export class Supervisor extends EventEmitter {
   private startHeartbeat(record: PluginRecord, host: PluginHost): void {
     const { heartbeatIntervalMs, watchdogTimeoutMs } = this.opts.config.supervisor;
     let seq = 0;
-    lastPong.set(host, Date.now());
+    record.lastPong = Date.now();
     record.heartbeat = setInterval(() => {
-      if (Date.now() - (lastPong.get(host) ?? 0) > watchdogTimeoutMs) {
+      if (Date.now() - record.lastPong > watchdogTimeoutMs) {
         this.stopHeartbeat(record);
         record.hostError = { code: 'BOLT_ERR_PLUGIN_UNRESPONSIVE', message: `'${record.name}' did not answer heartbeats for ${watchdogTimeoutMs} ms (endless loop?); terminated` };
         void host.terminate();
@@ -400,6 +387,3 @@ export class Supervisor extends EventEmitter {
     }
   }
 }
-
-/** Last heartbeat answer per host. */
-const lastPong = new WeakMap<PluginHost, number>();

@@ -3,6 +3,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { BoltError, type ErrorCode } from '../../plugin-sdk/src/errors.ts';
+import { parseDuration } from '../../plugin-sdk/src/schemas/job.ts';
 
 /** A sleep task's `with`. */
 export interface SleepSpec {
@@ -21,7 +22,6 @@ export interface SleepResult {
 
 /** Longest delay a Node.js timer supports. */
 const MAX_DURATION_MS = 2_147_483_647;
-const DURATION = /^(?=[0-9])(?:([0-9]+(?:\.[0-9]+)?)h)?(?:([0-9]+(?:\.[0-9]+)?)m(?!s))?(?:([0-9]+(?:\.[0-9]+)?)s)?(?:([0-9]+(?:\.[0-9]+)?)ms)?$/;
 
 /**
  * Milliseconds of a sleep task's `with.duration`, in the job file's duration form, rounded to the
@@ -31,12 +31,7 @@ const DURATION = /^(?=[0-9])(?:([0-9]+(?:\.[0-9]+)?)h)?(?:([0-9]+(?:\.[0-9]+)?)m
  */
 export function sleepDurationMs(spec: unknown): number {
   const value = spec !== null && typeof spec === 'object' ? (spec as { duration?: unknown }).duration : undefined;
-  let ms: number | null = null;
-  if (typeof value === 'number' && Number.isInteger(value) && value >= 0) ms = value;
-  if (typeof value === 'string') {
-    const m = DURATION.exec(value);
-    if (m) ms = Math.round([3_600_000, 60_000, 1000, 1].reduce((sum, unit, i) => sum + Number(m[i + 1] ?? 0) * unit, 0));
-  }
+  const ms = parseDuration(value);
   if (ms === null) {
     throw new BoltError('BOLT_ERR_ACTION_SPEC', `with.duration must be a duration like '500ms', '30s', '1m30s' or whole milliseconds, found ${JSON.stringify(value)}`);
   }

@@ -15,7 +15,7 @@ import { validateDetailed } from 'node-cron';
 import { LineCounter, isAlias, isMap, isScalar, isSeq, parseDocument, visit, type Document } from 'yaml';
 import type { ErrorCode } from 'bolt-plugin-sdk';
 import {
-  DEFAULT_METRICS, NAME_PATTERN, RESERVED_NAMES, jobSchema,
+  DEFAULT_METRICS, NAME_PATTERN, RESERVED_NAMES, jobSchema, parseDuration,
   type HostShare, type JobSpec, type MetricsSpec, type NormalizedJob, type NormalizedMetrics, type NormalizedTask,
 } from '../../plugin-sdk/src/schemas/job.ts';
 import { escapeTemplateText, scanTemplates, type TemplateExpr } from './template.ts';
@@ -681,19 +681,10 @@ function emit(s: Session, seen: Set<string>, code: ErrorCode, message: string, p
 // ---------------------------------------------------------------- stage 4: semantics
 
 /** Milliseconds of a duration the schema accepted (see the duration forms in job.ts). */
-function durationMs(value: string | number): number {
-  if (typeof value === 'number') return value;
-  const units: Array<[string, number]> = [['ms', 1], ['h', 3_600_000], ['m', 60_000], ['s', 1000]];
-  let total = 0;
-  for (const part of value.matchAll(/([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)/g)) {
-    total += Number(part[1]) * units.find(([u]) => u === part[2])![1];
-  }
-  return Math.round(total);
-}
-
 function checkDuration(s: Session, value: string | number | undefined, path: Segment[], what: string): number | null {
   if (value === undefined) return null;
-  const ms = durationMs(value);
+  // The schema has already accepted the form, so this is never null here.
+  const ms = parseDuration(value) ?? 0;
   if (ms <= 0) s.atValue('BOLT_ERR_JOB_BAD_DURATION', `${what} must be longer than zero, found ${show(value)}`, path);
   else if (ms > MAX_DURATION_MS) s.atValue('BOLT_ERR_JOB_BAD_DURATION', `${what} is ${show(value)} = ${ms} ms, longer than the ${MAX_DURATION_MS} ms (24.8 days) a timer can wait`, path);
   return ms;

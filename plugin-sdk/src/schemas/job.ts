@@ -185,7 +185,21 @@ export interface NormalizedJob {
 export const NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_-]{0,63}$';
 const PERCENT_PATTERN = '^(?:100(?:\\.0+)?|[0-9]{1,2}(?:\\.[0-9]+)?)%$';
 const DURATION_PATTERN =
-  '^(?=[0-9])(?:[0-9]+(?:\\.[0-9]+)?h)?(?:[0-9]+(?:\\.[0-9]+)?m(?!s))?(?:[0-9]+(?:\\.[0-9]+)?s)?(?:[0-9]+(?:\\.[0-9]+)?ms)?$';
+  '^(?=[0-9])(?:([0-9]+(?:\\.[0-9]+)?)h)?(?:([0-9]+(?:\\.[0-9]+)?)m(?!s))?(?:([0-9]+(?:\\.[0-9]+)?)s)?(?:([0-9]+(?:\\.[0-9]+)?)ms)?$';
+const DURATION = new RegExp(DURATION_PATTERN);
+const DURATION_UNITS_MS = [3_600_000, 60_000, 1000, 1];
+
+/**
+ * Milliseconds of a duration in the form above (whole milliseconds, or `1m30s` and the like),
+ * rounded to the nearest millisecond; null when the value is not a duration. Range checks (above
+ * zero, within a timer's reach) are the caller's, as they depend on where the duration is used.
+ */
+export function parseDuration(value: unknown): number | null {
+  if (typeof value === 'number') return Number.isInteger(value) && value >= 0 ? value : null;
+  if (typeof value !== 'string') return null;
+  const m = DURATION.exec(value);
+  return m ? Math.round(DURATION_UNITS_MS.reduce((sum, unit, i) => sum + Number(m[i + 1] ?? 0) * unit, 0)) : null;
+}
 
 /**
  * JSON Schema (draft-07) of a job file. Union types are written as type arrays whose other keywords

@@ -182,16 +182,9 @@ export function createClientHandshake(opts: ClientHandshakeOptions): Handshake {
     }
   }
 
-  return {
-    next(message) {
-      try {
-        return step(message);
-      } catch (err) {
-        state = { name: 'failed' };
-        throw err;
-      }
-    },
-  };
+  return failOnThrow(step, () => {
+    state = { name: 'failed' };
+  });
 }
 
 /** Starts the answering side (the server's /agent, or a sink's /ingest). */
@@ -260,16 +253,9 @@ export function createServerHandshake(opts: ServerHandshakeOptions): Handshake {
     }
   }
 
-  return {
-    next(message) {
-      try {
-        return step(message);
-      } catch (err) {
-        state = { name: 'failed' };
-        throw err;
-      }
-    },
-  };
+  return failOnThrow(step, () => {
+    state = { name: 'failed' };
+  });
 }
 
 interface DerivedKeys {
@@ -333,6 +319,20 @@ function outOfOrder(message: WireMessage | undefined, expected: string): BoltErr
     });
   }
   return new BoltError('BOLT_ERR_WIRE_HANDSHAKE_FAILED', `Expected ${expected} but got ${message === undefined ? 'nothing' : `'${message.type}'`}.`);
+}
+
+/** A handshake whose state becomes `failed` on the first error, so it can never be resumed. */
+function failOnThrow(step: (message: WireMessage | undefined) => HandshakeStep, markFailed: () => void): Handshake {
+  return {
+    next(message) {
+      try {
+        return step(message);
+      } catch (err) {
+        markFailed();
+        throw err;
+      }
+    },
+  };
 }
 
 function finished(failed: boolean): BoltError {

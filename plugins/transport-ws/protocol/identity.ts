@@ -98,8 +98,8 @@ function readKeyFile(file: string): Identity {
   return identityFrom(privateKey);
 }
 
-function syncDirectory(dir: string): void {
-  // Makes the new directory entry durable; not supported on every platform, where it is skipped.
+/** Makes a new or renamed directory entry durable; skipped where a directory cannot be fsync'd. */
+export function syncDirectory(dir: string): void {
   let fd: number | undefined;
   try {
     fd = fs.openSync(dir, 'r');

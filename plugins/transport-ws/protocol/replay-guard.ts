@@ -15,6 +15,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { BoltError } from '../../../plugin-sdk/src/errors.ts';
+import { syncDirectory } from './identity.ts';
 
 /** File name of the log inside the data directory. */
 export const REPLAY_GUARD_FILE = 'replay-guard.log';
@@ -165,18 +166,6 @@ export class ReplayGuard {
     syncDirectory(path.dirname(this.file));
     this.#linesInFile = this.#entries.size;
     return fs.openSync(this.file, 'a', 0o600);
-  }
-}
-
-function syncDirectory(dir: string): void {
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(dir, 'r');
-    fs.fsyncSync(fd);
-  } catch {
-    // Windows cannot fsync a directory; the rename is still atomic there.
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
   }
 }
 
