@@ -12,7 +12,7 @@ import { loadConfig } from './config/index.ts';
 import { createLogger, type Logger } from './log.ts';
 import { Supervisor, type PluginStatus } from './supervisor/index.ts';
 import { PluginWatcher } from './watcher/index.ts';
-import type { Bus } from '../plugin-sdk/src/index.ts';
+import type { Bus, ProcessOptions } from '../plugin-sdk/src/index.ts';
 
 /** The plugins shipped with Bolt. */
 export const BUILTIN_PLUGINS_DIR = fileURLToPath(new URL('../plugins', import.meta.url));
@@ -26,6 +26,8 @@ export interface CoreOptions {
   /** bolt.yaml (default `./bolt.yaml` when it exists). */
   configFile?: string;
   log?: Logger;
+  /** The `bolt-core start` options, passed to every plugin as `ctx.options`. */
+  options?: ProcessOptions;
 }
 
 export class Core {
@@ -61,7 +63,7 @@ export class Core {
     ]);
     const broker = new Broker({ onBadMessage: (from, reason) => log.warn({ plugin: from }, reason) });
     const supervisor = new Supervisor({
-      roles: opts.roles, dataDir, cacheDir, config, configFile, builtinDir: BUILTIN_PLUGINS_DIR,
+      roles: opts.roles, dataDir, cacheDir, config, configFile, options: opts.options ?? {}, builtinDir: BUILTIN_PLUGINS_DIR,
       broker, log, runtimeUrl, poolEntryUrl,
     });
     broker.local.provide('core.plugins', () => supervisor.list());
@@ -70,7 +72,7 @@ export class Core {
       settleMs: config.watcher.settleMs,
       onSettled: (folder) => void supervisor.sync(folder),
     });
-    const admin = new AdminServer({ dataDir, supervisor, roles: opts.roles });
+    const admin = new AdminServer({ dataDir, supervisor, roles: opts.roles, bus: broker.local });
     const info = await admin.start();
     const folders = await watcher.start();
     await Promise.all(folders.map((f) => supervisor.sync(f)));

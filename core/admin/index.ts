@@ -1,6 +1,9 @@
 /**
  * The admin endpoint of a running core: loopback-only HTTP with a bearer token, announced in
  * `<data>/core.json` (mode 0600) so that `bolt-core plugins` on the same machine can find it.
+ *
+ * `POST /api/request/<service>` forwards a JSON body to a bus service and returns its answer: the
+ * way the CLI reaches what plugins offer (`hosts`, `keys`, ...) without the core knowing them.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -8,6 +11,7 @@ import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { BoltError, toErrorInfo } from '../../plugin-sdk/src/errors.ts';
+import type { Bus } from '../../plugin-sdk/src/index.ts';
 import type { Supervisor } from '../supervisor/index.ts';
 
 /** What `<data>/core.json` holds. */
@@ -24,11 +28,13 @@ export class AdminServer {
   private readonly file: string;
   private readonly supervisor: Supervisor;
   private readonly roles: string[];
+  private readonly bus: Bus;
 
-  constructor(opts: { dataDir: string; supervisor: Supervisor; roles: string[] }) {
+  constructor(opts: { dataDir: string; supervisor: Supervisor; roles: string[]; bus: Bus }) {
     this.file = path.join(opts.dataDir, 'core.json');
     this.supervisor = opts.supervisor;
     this.roles = opts.roles;
+    this.bus = opts.bus;
   }
 
   async start(): Promise<CoreInfo> {
@@ -86,10 +92,35 @@ export class AdminServer {
         send(200, { plugin: await this.supervisor.restart(restart[1]!) });
         return;
       }
+      const service = /^\/api\/request\/([a-z][a-z0-9.-]{0,127})$/.exec(url.pathname);
+      if (req.method === 'POST' && service) {
+        const data = await readJsonBody(req);
+        send(200, { result: await this.bus.request(service[1]!, data, { timeoutMs: 15_000 }) });
+        return;
+      }
       send(404, { error: { code: 'BOLT_ERR_CLI_USAGE', message: `no admin route ${req.method} ${url.pathname}` } });
     } catch (err) {
       const info = toErrorInfo(err);
       send(err instanceof BoltError && err.code === 'BOLT_ERR_PLUGIN_NOT_FOUND' ? 404 : 500, { error: { code: info.code, message: info.message } });
     }
+  }
+}
+
+const MAX_REQUEST_BYTES = 1024 * 1024;
+
+/** The request body as JSON (undefined when empty); refuses more than 1 MiB. */
+async function readJsonBody(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_REQUEST_BYTES) throw new BoltError('BOLT_ERR_CLI_USAGE', `admin request body exceeds ${MAX_REQUEST_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  if (size === 0) return undefined;
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch (cause) {
+    throw new BoltError('BOLT_ERR_CLI_USAGE', 'admin request body is not JSON', { cause });
   }
 }

@@ -20,19 +20,30 @@ export async function readCoreInfo(dataDir: string): Promise<CoreInfo> {
   return info;
 }
 
-export async function adminRequest<T>(dataDir: string, method: 'GET' | 'POST', route: string): Promise<T> {
+export async function adminRequest<T>(dataDir: string, method: 'GET' | 'POST', route: string, body?: unknown): Promise<T> {
   const info = await readCoreInfo(dataDir);
   let res: Response;
   try {
-    res = await fetch(`${info.admin.url}${route}`, { method, headers: { authorization: `Bearer ${info.admin.token}` }, signal: AbortSignal.timeout(15_000) });
+    res = await fetch(`${info.admin.url}${route}`, {
+      method,
+      headers: { authorization: `Bearer ${info.admin.token}`, ...(body !== undefined && { 'content-type': 'application/json' }) },
+      ...(body !== undefined && { body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(20_000),
+    });
   } catch (err) {
     throw new BoltError('BOLT_ERR_CLI_NOT_RUNNING', `the core at ${info.admin.url} (pid ${info.pid}) did not answer: ${(err as Error).message}`, { cause: err });
   }
-  const body = (await res.json()) as T & { error?: { code: string; message: string } };
+  const answer = (await res.json()) as T & { error?: { code: string; message: string } };
   if (!res.ok) {
-    const e = new Error(body.error?.message ?? `admin API answered ${res.status}`) as Error & { code: string };
-    e.code = body.error?.code ?? 'ERR_UNKNOWN';
+    const e = new Error(answer.error?.message ?? `admin API answered ${res.status}`) as Error & { code: string };
+    e.code = answer.error?.code ?? 'ERR_UNKNOWN';
     throw e;
   }
-  return body;
+  return answer;
+}
+
+/** Calls a bus service of the running core (through its admin endpoint) and returns the answer. */
+export async function serviceRequest<T>(dataDir: string, service: string, data?: unknown): Promise<T> {
+  const { result } = await adminRequest<{ result: T }>(dataDir, 'POST', `/api/request/${service}`, data ?? {});
+  return result;
 }

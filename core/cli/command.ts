@@ -25,3 +25,14 @@ export function parseCommandArgs(command: Command, argv: string[]): { values: Re
 export function usageError(message: string, command?: Command): BoltError {
   return new BoltError('BOLT_ERR_CLI_USAGE', command ? `${message}\nusage: ${command.usage}` : message);
 }
+
+/** `--label KEY=VALUE` filters as a map; a pair without `=` is a usage error. */
+export function parseLabelFilters(pairs: string[], command: Command): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=');
+    if (eq < 1) throw usageError(`--label must be KEY=VALUE (got '${pair}')`, command);
+    labels[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return labels;
+}

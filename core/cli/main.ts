@@ -2,15 +2,20 @@
 import { readFileSync } from 'node:fs';
 import { toErrorInfo } from '../../plugin-sdk/src/errors.ts';
 import { parseCommandArgs, type Command } from './command.ts';
+import { hostsCommand } from './hosts.ts';
+import { keysCommand } from './keys.ts';
 import { pluginsCommand } from './plugins.ts';
 import { startCommand } from './start.ts';
 
 const commands = new Map<string, Command>([
   ['start', startCommand],
   ['plugins', pluginsCommand],
+  ['hosts', hostsCommand],
+  ['keys', keysCommand],
 ]);
 
-const USAGE_CODES = new Set(['BOLT_ERR_CLI_USAGE', 'BOLT_ERR_CLI_NOT_RUNNING', 'BOLT_ERR_CONFIG_INVALID']);
+/** Errors that mean "bad input or usage": exit 2. */
+const USAGE_CODES = new Set(['BOLT_ERR_CLI_USAGE', 'BOLT_ERR_CLI_NOT_RUNNING', 'BOLT_ERR_CONFIG_INVALID', 'BOLT_ERR_WIRE_KEY_UNKNOWN', 'BOLT_ERR_WIRE_KEY_AMBIGUOUS', 'BOLT_ERR_BUS_NO_PROVIDER']);
 
 function help(): string {
   const width = Math.max(...[...commands.keys()].map((k) => k.length));

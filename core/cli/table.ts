@@ -5,9 +5,9 @@ export function formatTable(headers: string[], rows: string[][]): string {
   return [line(headers), ...rows.map(line)].join('\n');
 }
 
-/** "3s ago", "2m ago": how long since an ISO instant. */
-export function ago(iso: string, now = Date.now()): string {
-  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+/** "3s ago", "2m ago": how long since an instant (ISO 8601 text or epoch milliseconds). */
+export function ago(instant: string | number, now = Date.now()): string {
+  const s = Math.max(0, Math.round((now - (typeof instant === 'number' ? instant : Date.parse(instant))) / 1000));
   if (s < 60) return `${s}s ago`;
   if (s < 3600) return `${Math.floor(s / 60)}m ago`;
   return `${Math.floor(s / 3600)}h ago`;

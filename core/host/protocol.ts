@@ -4,6 +4,7 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { ErrorInfo } from '../../plugin-sdk/src/errors.ts';
+import type { ProcessOptions } from '../../plugin-sdk/src/index.ts';
 
 /** What the host needs to load its plugin; passed as workerData, or as the first IPC message to a child. */
 export interface HostInit {
@@ -14,6 +15,7 @@ export interface HostInit {
   dataDir: string;
   roles: string[];
   config: unknown;
+  options: ProcessOptions;
   startTimeoutMs: number;
   /** When true (worker isolation) the host's `process` is hardened before the plugin loads. */
   harden: boolean;

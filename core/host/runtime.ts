@@ -190,6 +190,7 @@ async function run(link: Link, init: HostInit): Promise<void> {
     version: init.version,
     roles: init.roles,
     config: init.config as Record<string, unknown>,
+    options: init.options,
     log: makeLogger(link),
     signal: abort.signal,
     bus,

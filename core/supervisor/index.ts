@@ -9,6 +9,7 @@ import { access, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import { BoltError, toErrorInfo, type ErrorInfo } from '../../plugin-sdk/src/errors.ts';
+import type { ProcessOptions } from '../../plugin-sdk/src/index.ts';
 import type { Isolation, PluginManifest } from '../../plugin-sdk/src/schemas/manifest.ts';
 import { bundlePlugin } from '../build/bundle.ts';
 import type { Broker } from '../bus/broker.ts';
@@ -40,6 +41,8 @@ export interface SupervisorOptions {
   cacheDir: string;
   config: BoltConfig;
   configFile: string;
+  /** The `bolt-core start` options every plugin gets as `ctx.options`. */
+  options: ProcessOptions;
   /** Plugins under this folder are shipped with Bolt (trusted). */
   builtinDir: string;
   broker: Broker;
@@ -231,6 +234,7 @@ export class Supervisor extends EventEmitter {
         dataDir,
         roles: this.opts.roles,
         config,
+        options: this.opts.options,
         startTimeoutMs: this.opts.config.supervisor.startTimeoutMs,
         harden: record.isolation !== 'process',
       };

@@ -57,6 +57,37 @@ export interface Logger {
   error(obj: Record<string, unknown>, msg?: string): void;
 }
 
+/**
+ * What the operator said when starting the process (`bolt-core start` flags), the same for every
+ * plugin. The core passes it through without reading it; the plugins of a role take what concerns
+ * them (the transport its ports and server URL, for example).
+ */
+export interface ProcessOptions {
+  /** Server HTTP API and agent WebSocket port (`--port`, default 7700). */
+  port?: number;
+  /** Sink ingest and dashboard port (`--sink-port`, default 7701). */
+  sinkPort?: number;
+  /** Address the listeners bind to (`--listen`, default all interfaces). */
+  listen?: string;
+  /** The server to connect to, for clients and a separate sink (`--server ws://HOST:7700`). */
+  server?: string;
+  /** This host's name in listings (`--name`, default the OS host name). */
+  name?: string;
+  /** This host's labels (`--label k=v`, repeatable). */
+  labels?: Record<string, string>;
+  /** Accept every new client and sink key without `bolt-core keys accept` (`--auto-accept`). */
+  autoAccept?: boolean;
+  /** The server's public key (base64) or fingerprint, pinned before first contact (`--server-key`). */
+  serverKey?: string;
+  /** TLS certificate and key files (PEM) for the listeners (`--tls-cert`, `--tls-key`). */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** Extra CA certificate (PEM) a client trusts for `wss://` (`--tls-ca`). */
+  tlsCa?: string;
+  /** Testing only: this host's clock runs this many milliseconds off the real one (`--clock-skew-ms`). */
+  clockSkewMs?: number;
+}
+
 /** What a plugin gets in `start(ctx)` and `stop(ctx)`. */
 export interface PluginContext<Config = Record<string, unknown>> {
   /** The plugin's name from its manifest. */
@@ -66,6 +97,8 @@ export interface PluginContext<Config = Record<string, unknown>> {
   readonly roles: readonly string[];
   /** The plugin's settings from bolt.yaml, already validated against the manifest's config schema. */
   readonly config: Config;
+  /** The process's start options (see ProcessOptions). */
+  readonly options: Readonly<ProcessOptions>;
   readonly log: Logger;
   /** Aborted when the plugin is being unloaded (stop, reload, removal, shutdown). */
   readonly signal: AbortSignal;

@@ -18,7 +18,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { Core } from '../../core/runtime.ts';
 import type { PluginState, PluginStatus } from '../../core/supervisor/index.ts';
-import type { Bus } from './index.ts';
+import type { Bus, ProcessOptions } from './index.ts';
 import { readManifest } from '../../core/manifest/index.ts';
 
 export interface TestHostOptions {
@@ -28,6 +28,8 @@ export interface TestHostOptions {
   roles?: string[];
   /** Supervisor settings (see bolt.yaml `supervisor`), e.g. a short backoff for crash tests. */
   supervisor?: Record<string, number>;
+  /** The process options the plugin sees as `ctx.options` (what `bolt-core start` flags would give). */
+  options?: ProcessOptions;
 }
 
 /** A log line the plugin wrote through `ctx.log`, or the core wrote about it. */
@@ -77,6 +79,7 @@ export async function createTestHost(pluginDir: string | URL, options: TestHostO
     dataDir: path.join(dir, 'data'),
     configFile,
     log: pino({ level: 'debug' }, sink),
+    ...(options.options ? { options: options.options } : {}),
   });
   const status = () => core.plugins().find((p) => p.name === manifest.name)!;
   return {

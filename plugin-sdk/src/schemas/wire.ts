@@ -114,6 +114,8 @@ export interface HelloMessage extends Envelope<'hello'> {
   labels?: Record<string, string>;
   facts?: Record<string, unknown>;
   capabilities?: string[];
+  /** A sink's own ingest URL (ws:// or wss://), which the server passes on to clients in the welcome. */
+  endpoint?: string;
 }
 
 /** Server (or sink) to the connecting peer: its identity and its signature over the transcript. */
@@ -304,6 +306,7 @@ export const WIRE_SCHEMAS: { readonly [T in MessageType]: object } = {
       labels: labelsSchema,
       facts: freeFormSchema,
       capabilities: { type: 'array', maxItems: 128, items: { type: 'string', minLength: 1, maxLength: 64 } },
+      endpoint: { type: 'string', minLength: 1, maxLength: 2048, pattern: '^wss?://' },
     },
     ['role', 'publicKey', 'nonce', 'ephemeralKey', 'host'],
   ),

@@ -74,6 +74,8 @@ export interface ClientHandshakeOptions {
   labels?: Record<string, string>;
   facts?: Record<string, unknown>;
   capabilities?: string[];
+  /** A sink's ingest URL, told to the server so it can pass it on to clients. */
+  endpoint?: string;
   agentVersion?: string;
   maxFrameBytes?: number;
 }
@@ -131,6 +133,7 @@ export function createClientHandshake(opts: ClientHandshakeOptions): Handshake {
           ...(opts.labels !== undefined && { labels: opts.labels }),
           ...(opts.facts !== undefined && { facts: opts.facts }),
           ...(opts.capabilities !== undefined && { capabilities: opts.capabilities }),
+          ...(opts.endpoint !== undefined && { endpoint: opts.endpoint }),
         };
         state = { name: 'await-challenge', hello };
         return { send: hello, session: null };

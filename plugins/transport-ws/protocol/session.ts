@@ -106,7 +106,14 @@ export class Session {
 
   /** Serializes `message` and seals it into a frame for the peer. Each call uses the next sequence number. */
   seal(message: object): string {
-    const body = JSON.stringify(message);
+    return this.sealText(JSON.stringify(message));
+  }
+
+  /**
+   * Seals an envelope that is already JSON text. A broadcast serializes its message once and seals
+   * the same text for every session: one HMAC per peer, no per-peer JSON.stringify.
+   */
+  sealText(body: string): string {
     const seq = this.#sendSeq++;
     const mac = this.#mac(this.#sendKey, this.#sendDirection, seq, body).toString('base64url');
     return JSON.stringify({ sid: this.id, seq, mac, body });
