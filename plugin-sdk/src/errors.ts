@@ -57,6 +57,13 @@ export const ERROR_CODES = {
   BOLT_ERR_JOB_TEMPLATE: 'A {{ ... }} template cannot be resolved: an undefined var, an unknown group or host index, a host template outside a task\'s with:, or an unsupported expression.',
   BOLT_ERR_JOB_BAD_VAR: 'A --var NAME=VALUE given on the command line is malformed or does not fit the type the job file gives that var.',
   // --- wire (transport, identity, trust)
+  BOLT_ERR_WIRE_KEY_UNKNOWN: 'No key in the trust list has that fingerprint (or prefix) and role; list the keys with `bolt-core keys list` and copy the fingerprint.',
+  BOLT_ERR_WIRE_KEY_AMBIGUOUS: 'The fingerprint prefix is shorter than 8 characters or matches more than one key (or one key in both roles); give more characters of the fingerprint, or the role.',
+  BOLT_ERR_WIRE_TRUST_CORRUPT: 'trust.json in the server\'s data directory is not valid JSON or not a list of trust entries; it was left untouched. Fix or remove it (removing it forgets every accepted key).',
+  BOLT_ERR_WIRE_TRUST_IO: 'trust.json could not be written (disk full, permissions); the decision or the newly seen keys are held in memory only until a later write succeeds. Check the data directory.',
+  BOLT_ERR_WIRE_API_UNAUTHORIZED: 'The HTTP API request had no or a wrong bearer token; send `Authorization: Bearer <token>` with the token from the api-token file in the server\'s data directory.',
+  BOLT_ERR_WIRE_API_NOT_FOUND: 'No HTTP API route has that method and path; the message names both.',
+  BOLT_ERR_WIRE_API_TOO_LARGE: 'The HTTP request body exceeds 1 MiB or the request has too many headers; it was refused unread.',
   BOLT_ERR_WIRE_TOO_LARGE: 'A wire message exceeds the size limit and was refused before parsing; send smaller batches or raise the limit on both sides.',
   BOLT_ERR_WIRE_MALFORMED: 'A wire message is not JSON, lacks the { v, type, id } envelope or does not match the schema of its type; the message names the field.',
   BOLT_ERR_WIRE_UNKNOWN_TYPE: 'The message type is not one this endpoint accepts from this kind of peer; the message was dropped.',
@@ -79,6 +86,8 @@ export const ERROR_CODES = {
   BOLT_ERR_WIRE_REPLAYED: 'A command with this id was already accepted (also before a restart); it is not run twice.',
   BOLT_ERR_WIRE_REPLAY_GUARD_FULL: 'The replay guard holds its maximum number of unexpired command ids; new commands are refused until some expire.',
   BOLT_ERR_WIRE_REPLAY_GUARD_IO: 'The replay guard could not read or durably write its file in the data directory; commands are refused because they could not be recorded.',
+  BOLT_ERR_WIRE_PINS_CORRUPT: 'pins.json in the client\'s data directory is not valid JSON or not a map of origin to { server, sink } keys; it was left untouched and nothing is trusted. Fix or remove it (removing it trusts the next key the server presents).',
+  BOLT_ERR_WIRE_PINS_IO: 'pins.json could not be read or durably written (disk full, permissions); the key is not trusted until it is pinned. Check the data directory.',
   // --- metrics (collectors, sink)
   BOLT_ERR_STORE_OPEN_FAILED: 'The sink store could not open its SQLite file (unwritable directory, a file that is not a SQLite database or not a Bolt sink store); the message names the file. Check the sink data directory, its permissions and the --data path.',
   BOLT_ERR_STORE_SCHEMA_TOO_NEW: 'The sink store file was written by a newer Bolt (its schema version is higher than this sink knows); upgrade the sink or point it at another data directory.',

@@ -1,0 +1,251 @@
+/**
+ * The server role: the HTTP API and the /agent endpoint that clients (and a separate sink) connect
+ * to. It keeps the accept list, signs commands once and seals them per session, and publishes what
+ * hosts send on the bus for the health monitor and the scheduler.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { PluginContext } from '../../../plugin-sdk/src/index.ts';
+import { BoltError } from '../../../plugin-sdk/src/errors.ts';
+import { WIRE_VERSION, type HeartbeatMessage, type TaskAckMessage, type TaskCancelMessage, type TaskDispatchMessage, type TaskStatusMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
+import { localClock, signCommand, type Identity } from '../protocol/index.ts';
+import { clockPongHandler, WireEndpoint, type ConnectionHandler, type PeerConnection } from '../server/endpoint.ts';
+import { Listener, type RouteHandler } from '../server/listener.ts';
+import type { TrustRole, TrustStore } from '../server/trust-store.ts';
+import type { RunningRole, TransportSettings } from './settings.ts';
+
+/** What `host.connected` carries, and what `transport.sessions` lists. */
+export interface HostRecord {
+  id: string;
+  name: string;
+  role: TrustRole;
+  address: string;
+  labels: Record<string, string>;
+  facts: Record<string, unknown>;
+  sessionId: string;
+  connectedAt: number;
+}
+
+interface DispatchRequest {
+  runId: string;
+  taskId: string;
+  action: string;
+  with?: Record<string, unknown>;
+  startAt?: number | null;
+  timeoutMs: number;
+  ttlMs?: number;
+  targets: string[];
+}
+
+interface CancelRequest {
+  runId: string;
+  taskId?: string;
+  targets: string[];
+}
+
+/** Where embedded sinks listen, for the welcome (a separate sink tells its own URL in its hello). */
+export interface EmbeddedSink {
+  port: number;
+  secure: boolean;
+}
+
+function hostRecord(conn: PeerConnection): HostRecord {
+  return {
+    id: conn.fingerprint,
+    name: conn.hello.host,
+    role: conn.role,
+    address: conn.address,
+    labels: conn.hello.labels ?? {},
+    facts: conn.hello.facts ?? {},
+    sessionId: conn.sessionId,
+    connectedAt: conn.connectedAt,
+  };
+}
+
+function badRequest(message: string): BoltError {
+  return new BoltError('BOLT_ERR_BUS_HANDLER_FAILED', message);
+}
+
+function targetsOf(data: unknown): string[] {
+  const targets = (data as { targets?: unknown }).targets;
+  if (!Array.isArray(targets) || !targets.every((t) => typeof t === 'string')) throw badRequest('targets must be an array of host ids');
+  return targets;
+}
+
+/** The host name a client used to reach this server, for the embedded sink's URL in the welcome. */
+function requestHostname(request: IncomingMessage): string {
+  try {
+    return new URL(`http://${request.headers.host ?? 'localhost'}`).hostname;
+  } catch {
+    return 'localhost';
+  }
+}
+
+/** Starts the server role; `embeddedSink` is set when this process is the sink as well. */
+export async function startServerRole(ctx: PluginContext<TransportSettings>, identity: Identity, trust: TrustStore, embeddedSink: EmbeddedSink | null): Promise<RunningRole> {
+  const { config: settings, options, bus, log } = ctx;
+  let separateSink: PeerConnection | null = null;
+
+  const apiRoutes = new Map<string, RouteHandler>([
+    ['/api/health', async () => ({
+      ok: true,
+      roles: ctx.roles,
+      publicKey: identity.publicKeyBase64,
+      fingerprint: identity.fingerprint,
+      hosts: await bus.request('health.summary').catch(() => null),
+    })],
+    ['/api/hosts', (req) => {
+      const labels: Record<string, string> = {};
+      for (const pair of req.query.getAll('label')) {
+        const eq = pair.indexOf('=');
+        if (eq > 0) labels[pair.slice(0, eq)] = pair.slice(eq + 1);
+      }
+      const state = req.query.get('state');
+      return bus.request('health.hosts', { labels, ...(state && { state }) });
+    }],
+    ['/api/plugins', () => bus.request('core.plugins')],
+  ]);
+  const listener = await Listener.start({
+    port: options.port ?? 7700,
+    ...(options.listen !== undefined && { host: options.listen }),
+    ...(options.tlsCert && options.tlsKey && { tls: { certFile: options.tlsCert, keyFile: options.tlsKey } }),
+    dataDir: ctx.dataDir,
+    routes: apiRoutes,
+    onError: (err, req) => log.error({ err: String(err), path: req.path }, 'API handler failed'),
+  });
+
+  const heartbeat: ConnectionHandler = (message, conn) => {
+    const { v: _v, type: _t, id: _id, ...record } = message as HeartbeatMessage;
+    bus.publish('host.heartbeat', { id: conn.fingerprint, role: conn.role, receivedAt: localClock(), ...record });
+  };
+  const pong = clockPongHandler();
+  const clientHandlers = new Map<string, ConnectionHandler>([
+    ['heartbeat', heartbeat],
+    ['clock.ping', pong],
+    ['task.ack', (message, conn) => {
+      const { v: _v, type: _t, ...ack } = message as TaskAckMessage;
+      bus.publish('task.ack', { hostId: conn.fingerprint, ...ack });
+    }],
+    ['error', (message, conn) => log.warn({ host: conn.hello.host, message }, 'client reported an error')],
+  ]);
+  const sinkHandlers = new Map<string, ConnectionHandler>([
+    ['heartbeat', heartbeat],
+    ['clock.ping', pong],
+    ['task.status', (message) => {
+      const { v: _v, type: _t, ...status } = message as TaskStatusMessage;
+      bus.publish('task.status', status);
+    }],
+  ]);
+
+  const endpoint = new WireEndpoint({
+    server: listener.server,
+    path: '/agent',
+    identity,
+    role: 'server',
+    handlers: new Map<TrustRole, Map<string, ConnectionHandler>>([['client', clientHandlers], ['sink', sinkHandlers]]),
+    trust,
+    welcome: (hello, request) => {
+      const sink = embeddedSink
+        ? { url: `${embeddedSink.secure ? 'wss' : 'ws'}://${requestHostname(request)}:${embeddedSink.port}/ingest`, publicKey: identity.publicKeyBase64 }
+        : separateSink?.hello.endpoint
+          ? { url: separateSink.hello.endpoint, publicKey: separateSink.publicKey }
+          : undefined;
+      return { heartbeatIntervalMs: settings.heartbeatIntervalMs, ...(hello.role === 'client' && sink && { sink }) };
+    },
+    onOpen: (conn) => {
+      if (conn.role === 'sink') separateSink = conn;
+      log.info({ host: conn.hello.host, role: conn.role, address: conn.address, id: conn.fingerprint }, `${conn.role} ${conn.hello.host} connected`);
+      bus.publish('host.connected', hostRecord(conn));
+    },
+    onClose: (conn, info) => {
+      if (separateSink === conn) separateSink = null;
+      log.info({ host: conn.hello.host, role: conn.role, code: info.code, reason: info.reason }, `${conn.role} ${conn.hello.host} disconnected`);
+      bus.publish('host.disconnected', { id: conn.fingerprint, role: conn.role, sessionId: conn.sessionId, reason: info.reason || `close ${info.code}`, at: localClock() });
+    },
+    onError: (err, conn) => log.warn({ err: String(err), host: conn?.hello.host }, 'wire handler failed'),
+    admission: { handshakesPerSec: settings.handshakesPerSec, burst: settings.handshakeBurst, maxInFlight: settings.maxHandshakesInFlight },
+    handshakeTimeoutMs: settings.handshakeTimeoutMs,
+    messagesPerSec: settings.messagesPerSec,
+    messageBurst: settings.messageBurst,
+    maxBufferedBytes: settings.maxBufferedBytes,
+  });
+
+  /** Signs `body` once, serializes it once, and seals that text for each target's session. */
+  function sendCommand(body: Omit<TaskDispatchMessage, 'sig'> | Omit<TaskCancelMessage, 'sig'>, targets: string[]) {
+    const signed = signCommand(body as Omit<TaskDispatchMessage, 'sig'>, identity.privateKey);
+    const text = JSON.stringify(signed);
+    const conns: PeerConnection[] = [];
+    const skipped: { id: string; reason: string }[] = [];
+    for (const id of targets) {
+      const conn = endpoint.connection(id, 'client');
+      if (conn?.open) conns.push(conn);
+      else skipped.push({ id, reason: trust.get(id, 'client')?.state === 'accepted' || !trust.get(id, 'client') ? 'not connected' : `key ${trust.get(id, 'client')!.state}` });
+    }
+    const sentAt = localClock();
+    const { failed } = endpoint.broadcast(text, conns);
+    const failedIds = new Set(failed.map((c) => c.fingerprint));
+    for (const id of failedIds) skipped.push({ id, reason: 'send buffer full' });
+    return { commandId: body.id, sentAt, sent: conns.filter((c) => !failedIds.has(c.fingerprint)).map((c) => c.fingerprint), skipped };
+  }
+
+  const disposers = [
+    bus.provide('transport.dispatch', (data) => {
+      const req = data as DispatchRequest;
+      if (typeof req?.runId !== 'string' || typeof req.taskId !== 'string' || typeof req.action !== 'string') throw badRequest('runId, taskId and action are required strings');
+      const now = localClock();
+      const startAt = typeof req.startAt === 'number' ? req.startAt : null;
+      const body: Omit<TaskDispatchMessage, 'sig'> = {
+        v: WIRE_VERSION,
+        type: 'task.dispatch',
+        id: randomUUID(),
+        runId: req.runId,
+        taskId: req.taskId,
+        action: req.action,
+        with: req.with ?? {},
+        startAt,
+        timeoutMs: req.timeoutMs,
+        expiresAt: Math.max(now, startAt ?? now) + (req.ttlMs ?? settings.commandTtlMs),
+      };
+      return sendCommand(body, targetsOf(req));
+    }),
+    bus.provide('transport.cancel', (data) => {
+      const req = data as CancelRequest;
+      if (typeof req?.runId !== 'string') throw badRequest('runId is a required string');
+      const body: Omit<TaskCancelMessage, 'sig'> = {
+        v: WIRE_VERSION,
+        type: 'task.cancel',
+        id: randomUUID(),
+        runId: req.runId,
+        ...(typeof req.taskId === 'string' && { taskId: req.taskId }),
+        expiresAt: localClock() + settings.commandTtlMs,
+      };
+      return sendCommand(body, targetsOf(req));
+    }),
+    bus.provide('transport.sessions', () => endpoint.connections().map(hostRecord)),
+    bus.provide('transport.stats', () => ({ ...endpoint.stats(), memory: process.memoryUsage() })),
+    bus.provide('transport.keys.list', () => trust.list()),
+    bus.provide('transport.keys.accept', (data) => {
+      const { fingerprint, role } = (data ?? {}) as { fingerprint?: string; role?: TrustRole };
+      const entry = trust.accept(String(fingerprint ?? ''), role);
+      log.info({ fingerprint: entry.fingerprint, role: entry.role, host: entry.host }, `accepted the key of ${entry.role} ${entry.host}`);
+      return entry;
+    }),
+    bus.provide('transport.keys.reject', (data) => {
+      const { fingerprint, role } = (data ?? {}) as { fingerprint?: string; role?: TrustRole };
+      const entry = trust.reject(String(fingerprint ?? ''), role);
+      endpoint.disconnect(entry.fingerprint, entry.role);
+      log.warn({ fingerprint: entry.fingerprint, role: entry.role, host: entry.host }, `rejected the key of ${entry.role} ${entry.host}`);
+      return entry;
+    }),
+  ];
+
+  log.info({ url: listener.url(), agent: listener.wsUrl('/agent'), fingerprint: identity.fingerprint, autoAccept: trust.autoAccept }, `server listening on ${listener.url()}`);
+  return {
+    async close() {
+      for (const dispose of disposers) dispose();
+      await endpoint.close();
+      await listener.close();
+    },
+  };
+}
+

@@ -1,0 +1,102 @@
+/**
+ * The sink role's transport: the /ingest endpoint where clients stream task events and metrics,
+ * published on the bus for the sink's aggregator and writers. A sink in its own process also
+ * connects to the server (role `sink`), tells it its ingest URL, and forwards `task.status`.
+ */
+import os from 'node:os';
+import type { PluginContext } from '../../../plugin-sdk/src/index.ts';
+import type { MetricsBatchMessage, TaskEventMessage, TaskStatusMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
+import { WireClient } from '../client/connection.ts';
+import { HealthSampler } from '../client/health-record.ts';
+import { PinStore } from '../client/pins.ts';
+import type { Identity } from '../protocol/index.ts';
+import { WireEndpoint, type ConnectionHandler } from '../server/endpoint.ts';
+import { Listener } from '../server/listener.ts';
+import type { TrustRole, TrustStore } from '../server/trust-store.ts';
+import { agentUrl, type RunningRole, type TransportSettings } from './settings.ts';
+import { readFileSync } from 'node:fs';
+
+export const DEFAULT_SINK_PORT = 7701;
+
+/** Starts the sink's listener and /ingest; `standalone` when no server runs in this process. */
+export async function startSinkRole(ctx: PluginContext<TransportSettings>, identity: Identity, trust: TrustStore, standalone: boolean): Promise<RunningRole & { port: number; secure: boolean }> {
+  const { config: settings, options, bus, log } = ctx;
+  const listener = await Listener.start({
+    port: options.sinkPort ?? DEFAULT_SINK_PORT,
+    ...(options.listen !== undefined && { host: options.listen }),
+    ...(options.tlsCert && options.tlsKey && { tls: { certFile: options.tlsCert, keyFile: options.tlsKey } }),
+    dataDir: ctx.dataDir,
+    onError: (err, req) => log.error({ err: String(err), path: req.path }, 'API handler failed'),
+  });
+  const clientHandlers = new Map<string, ConnectionHandler>([
+    ['task.event', (message, conn) => {
+      const { v: _v, type: _t, ...event } = message as TaskEventMessage;
+      bus.publish('sink.task.event', { hostId: conn.fingerprint, ...event });
+    }],
+    ['metrics.batch', (message, conn) => {
+      const { v: _v, type: _t, ...batch } = message as MetricsBatchMessage;
+      bus.publish('sink.metrics.batch', { hostId: conn.fingerprint, ...batch });
+    }],
+  ]);
+  const endpoint = new WireEndpoint({
+    server: listener.server,
+    path: '/ingest',
+    identity,
+    role: 'sink',
+    handlers: new Map<TrustRole, Map<string, ConnectionHandler>>([['client', clientHandlers]]),
+    trust,
+    onOpen: (conn) => log.debug({ host: conn.hello.host, address: conn.address }, `client ${conn.hello.host} streaming to the sink`),
+    onError: (err, conn) => log.warn({ err: String(err), host: conn?.hello.host }, 'ingest handler failed'),
+    admission: { handshakesPerSec: settings.handshakesPerSec, burst: settings.handshakeBurst, maxInFlight: settings.maxHandshakesInFlight },
+    handshakeTimeoutMs: settings.handshakeTimeoutMs,
+    maxBufferedBytes: settings.maxBufferedBytes,
+    // Metrics batches come in bursts; the per-connection limit is a guard against floods, not a quota.
+    messagesPerSec: settings.messagesPerSec * 5,
+    messageBurst: settings.messageBurst * 5,
+  });
+
+  let upstream: WireClient | null = null;
+  let sampler: HealthSampler | null = null;
+  let disposeStatus: (() => void) | null = null;
+  if (standalone && options.server) {
+    const advertised = `${listener.secure ? 'wss' : 'ws'}://${options.listen && options.listen !== '0.0.0.0' && options.listen !== '::' ? options.listen : os.hostname()}:${listener.port}/ingest`;
+    sampler = new HealthSampler({ dataDir: ctx.dataDir, clockOffsetMs: () => upstream?.offsetMs ?? 0 });
+    const health = sampler;
+    upstream = new WireClient({
+      url: agentUrl(options.server),
+      identity,
+      host: options.name ?? os.hostname(),
+      role: 'sink',
+      expectRole: 'server',
+      endpoint: advertised,
+      pins: PinStore.open(ctx.dataDir),
+      ...(options.serverKey !== undefined && { serverKey: options.serverKey }),
+      ...(options.tlsCa !== undefined && { ca: readFileSync(options.tlsCa) }),
+      health: () => health.sample(),
+      log,
+      onConnected: () => log.info({ server: options.server, advertised }, 'sink connected to the server'),
+      onRefused: (code) => {
+        if (code === 'BOLT_ERR_WIRE_PEER_NOT_ACCEPTED') log.warn({ fingerprint: identity.fingerprint }, `waiting for the server to accept this sink: bolt-core keys accept ${identity.fingerprint} --role sink`);
+      },
+    });
+    upstream.start();
+    const link = upstream;
+    disposeStatus = bus.subscribe('task.status', (data) => {
+      if (!link.send({ v: 1, type: 'task.status', id: crypto.randomUUID(), ...(data as Omit<TaskStatusMessage, 'v' | 'type' | 'id'>) })) {
+        log.warn({ status: data }, 'task.status not delivered: the server is not connected');
+      }
+    });
+  }
+  log.info({ url: listener.url(), ingest: listener.wsUrl('/ingest') }, `sink listening on ${listener.url()}`);
+  return {
+    port: listener.port,
+    secure: listener.secure,
+    async close() {
+      disposeStatus?.();
+      await upstream?.close();
+      sampler?.close();
+      await endpoint.close();
+      await listener.close();
+    },
+  };
+}

@@ -1,0 +1,254 @@
+/**
+ * The HTTP(S) listener of a server or sink port: a node:http or node:https server hardened for
+ * the open network, a small JSON router for the HTTP API, and the API's bearer token. WebSocket
+ * paths are added on `listener.server` with WireEndpoint.
+ *
+ * Hardening: at most MAX_REQUEST_HEADERS headers per request (more are refused with 431, also on
+ * upgrades, by WireEndpoint), 16 KiB of headers, headers within `headersTimeoutMs` and the whole
+ * request within `requestTimeoutMs`, request bodies up to 1 MiB (more: 413, unread).
+ *
+ * The token lives in `<dataDir>/api-token` (mode 0600), created on first start and kept across
+ * restarts; every route except the public ones (default: /api/health) needs
+ * `Authorization: Bearer <token>`, compared in constant time.
+ */
+
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import fs from 'node:fs';
+import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type Server as HttpServer, type ServerOptions, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { BoltError, toErrorInfo } from '../../../plugin-sdk/src/errors.ts';
+import { syncDirectory } from '../protocol/identity.ts';
+import { MAX_REQUEST_HEADERS } from './endpoint.ts';
+
+/** File name of the API token inside the data directory. */
+export const API_TOKEN_FILE = 'api-token';
+
+/** Largest request body accepted, in bytes. */
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+/** What a route handler gets. */
+export interface ApiRequest {
+  method: string;
+  /** The path without the query string. */
+  path: string;
+  query: URLSearchParams;
+  headers: IncomingHttpHeaders;
+  /** The request body (at most maxBodyBytes); empty for most GETs. */
+  body: Buffer;
+}
+
+/** Returns the JSON body of a 200 answer; a thrown error becomes a JSON error answer. */
+export type RouteHandler = (request: ApiRequest) => unknown;
+
+export interface ListenerOptions {
+  /** TCP port; 0 picks a free one. */
+  port: number;
+  /** Bind address. Default '0.0.0.0'. */
+  host?: string;
+  /** HTTPS (and wss://) when given: PEM files. */
+  tls?: { certFile: string; keyFile: string };
+  /** Where the API token file lives. */
+  dataDir: string;
+  /** GET routes by exact path. */
+  routes?: ReadonlyMap<string, RouteHandler>;
+  /** Routes served without the token. Default: '/api/health'. */
+  publicPaths?: ReadonlySet<string>;
+  maxHeaders?: number;
+  /** Default 10 000 ms. */
+  headersTimeoutMs?: number;
+  /** Default 30 000 ms. */
+  requestTimeoutMs?: number;
+  maxBodyBytes?: number;
+  /** Errors thrown by handlers that are not BoltErrors (bugs), after the 500 answer went out. */
+  onError?: (err: unknown, request: ApiRequest) => void;
+}
+
+/** A listening http(s) server with the API router. */
+export class Listener {
+  readonly server: HttpServer | HttpsServer;
+  /** True for https / wss. */
+  readonly secure: boolean;
+  /** The bearer token the API expects. */
+  readonly token: string;
+  readonly tokenFile: string;
+  readonly #opts: ListenerOptions;
+  readonly #tokenHash: Buffer;
+
+  /** Creates the server, loads or creates the token, and listens. Rejects if the port is taken or a TLS file is unreadable. */
+  static async start(options: ListenerOptions): Promise<Listener> {
+    const listener = new Listener(options);
+    await new Promise<void>((resolve, reject) => {
+      listener.server.once('error', reject);
+      listener.server.listen(options.port, options.host ?? '0.0.0.0', () => {
+        listener.server.off('error', reject);
+        resolve();
+      });
+    });
+    return listener;
+  }
+
+  private constructor(options: ListenerOptions) {
+    this.#opts = options;
+    this.tokenFile = path.join(options.dataDir, API_TOKEN_FILE);
+    this.token = loadOrCreateToken(this.tokenFile);
+    this.#tokenHash = sha256(`Bearer ${this.token}`);
+    const maxHeaders = options.maxHeaders ?? MAX_REQUEST_HEADERS;
+    const serverOptions: ServerOptions = {
+      maxHeaderSize: 16 * 1024,
+      headersTimeout: options.headersTimeoutMs ?? 10_000,
+      requestTimeout: options.requestTimeoutMs ?? 30_000,
+      // Node checks the two timeouts on this interval (default 30 s).
+      connectionsCheckingInterval: 1000,
+    };
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+      // Only reading the body can reject (the client aborted): nothing is left to answer.
+      this.#handle(req, res, maxHeaders).catch(() => res.destroy());
+    };
+    this.secure = options.tls !== undefined;
+    this.server = options.tls
+      ? createHttpsServer({ ...serverOptions, cert: fs.readFileSync(options.tls.certFile), key: fs.readFileSync(options.tls.keyFile) }, onRequest)
+      : createHttpServer(serverOptions, onRequest);
+    // Node keeps the first maxHeadersCount headers and drops the rest silently: one more than the
+    // limit lets the request and upgrade handlers see that a request went over it.
+    this.server.maxHeadersCount = maxHeaders + 1;
+  }
+
+  /** The port listened on. */
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  /** `http(s)://<address>:<port><path>` for local use (a wildcard bind address becomes loopback). */
+  url(pathname = ''): string {
+    return `${this.secure ? 'https' : 'http'}://${this.#localHost()}:${this.port}${pathname}`;
+  }
+
+  /** `ws(s)://<address>:<port><path>` for local use. */
+  wsUrl(pathname: string): string {
+    return `${this.secure ? 'wss' : 'ws'}://${this.#localHost()}:${this.port}${pathname}`;
+  }
+
+  /**
+   * Stops listening and closes idle and in-progress HTTP connections. Resolves once every
+   * connection of the server has closed, upgraded WebSockets included: close WireEndpoints first.
+   */
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeAllConnections();
+    await closed;
+  }
+
+  #localHost(): string {
+    const address = (this.server.address() as AddressInfo).address;
+    if (address === '0.0.0.0') return '127.0.0.1';
+    if (address === '::') return '[::1]';
+    return address.includes(':') ? `[${address}]` : address;
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse, maxHeaders: number): Promise<void> {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const request: ApiRequest = {
+      method: req.method ?? 'GET',
+      path: q === -1 ? url : url.slice(0, q),
+      query: new URLSearchParams(q === -1 ? '' : url.slice(q + 1)),
+      headers: req.headers,
+      body: Buffer.alloc(0),
+    };
+    if (req.rawHeaders.length / 2 > maxHeaders) return reply(res, 431, apiError('BOLT_ERR_WIRE_API_TOO_LARGE', `More than ${maxHeaders} request headers.`), true);
+    const handler = this.#opts.routes?.get(request.path);
+    if (handler === undefined || (request.method !== 'GET' && request.method !== 'HEAD')) {
+      return reply(res, handler === undefined ? 404 : 405, apiError('BOLT_ERR_WIRE_API_NOT_FOUND', `No route ${request.method} ${request.path.slice(0, 200)}.`), true);
+    }
+    if (!(this.#opts.publicPaths ?? DEFAULT_PUBLIC).has(request.path) && !this.#authorized(req)) {
+      return reply(res, 401, apiError('BOLT_ERR_WIRE_API_UNAUTHORIZED', `Missing or wrong bearer token (see ${API_TOKEN_FILE} in the data directory).`), true);
+    }
+    const body = await readBody(req, this.#opts.maxBodyBytes ?? MAX_BODY_BYTES);
+    if (body === null) return reply(res, 413, apiError('BOLT_ERR_WIRE_API_TOO_LARGE', `Request body over ${this.#opts.maxBodyBytes ?? MAX_BODY_BYTES} bytes.`), true);
+    request.body = body;
+    try {
+      reply(res, 200, await handler(request), false);
+    } catch (err) {
+      const info = toErrorInfo(err);
+      reply(res, statusFor(info.code), apiError(info.code, info.message), false);
+      if (!(err instanceof BoltError)) this.#opts.onError?.(err, request);
+    }
+  }
+
+  #authorized(req: IncomingMessage): boolean {
+    // Hashing both sides makes the comparison constant-time whatever the length given.
+    return timingSafeEqual(sha256(req.headers.authorization ?? ''), this.#tokenHash);
+  }
+}
+
+const DEFAULT_PUBLIC: ReadonlySet<string> = new Set(['/api/health']);
+
+/** Bus failures mean "try again"; anything else the handler threw is a server error. */
+function statusFor(code: string): number {
+  return code === 'BOLT_ERR_BUS_NO_PROVIDER' || code === 'BOLT_ERR_BUS_TIMEOUT' || code === 'BOLT_ERR_BUS_PROVIDER_CRASHED' ? 503 : 500;
+}
+
+function apiError(code: string, message: string): { error: { code: string; message: string } } {
+  return { error: { code, message } };
+}
+
+function reply(res: ServerResponse, status: number, body: unknown, close: boolean): void {
+  if (res.headersSent) return;
+  const text = JSON.stringify(body ?? null);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    // An unread request body must not be parsed as the next request.
+    ...(close && { connection: 'close' }),
+  });
+  res.end(res.req.method === 'HEAD' ? undefined : text);
+}
+
+/** Reads the body, or returns null (and stops reading) once it exceeds `max` bytes. */
+async function readBody(req: IncomingMessage, max: number): Promise<Buffer | null> {
+  if (Number(req.headers['content-length'] ?? 0) > max) return null;
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) return null;
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
+/** Reads the token, or creates it (0600) so that two processes starting at once agree on one. */
+function loadOrCreateToken(file: string): string {
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  if (!fs.existsSync(file)) {
+    const tmp = `${file}.${process.pid}.tmp`;
+    const fd = fs.openSync(tmp, 'w', 0o600);
+    try {
+      fs.fchmodSync(fd, 0o600);
+      fs.writeSync(fd, `${randomBytes(32).toString('base64url')}\n`);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    try {
+      // link() fails if another process created the token meanwhile: theirs wins.
+      fs.linkSync(tmp, file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    } finally {
+      fs.unlinkSync(tmp);
+    }
+    syncDirectory(path.dirname(file));
+  }
+  const token = fs.readFileSync(file, 'utf8').trim();
+  // An empty token would let `Authorization: Bearer ` through.
+  if (token.length < 16) throw new BoltError('BOLT_ERR_WIRE_API_UNAUTHORIZED', `API token file ${file} holds fewer than 16 characters; remove it to have a new token created.`, { details: { file } });
+  return token;
+}

@@ -1,0 +1,115 @@
+/** Real `bolt-core` processes for end-to-end tests: spawn, watch their output, wait, signal. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { REPO } from './core.ts';
+
+export const BIN = path.join(REPO, 'bin', 'bolt-core');
+
+export interface BoltProcess {
+  readonly proc: ChildProcess;
+  /** Everything written to stdout and stderr so far. */
+  output(): string;
+  /** Resolves with the first match of `pattern` in the output (rejects after `timeoutMs` or on exit). */
+  waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  /** Resolves with the exit code (or the signal name). */
+  exited(): Promise<number | string>;
+  /** SIGKILL if still running, then waits for the exit. */
+  kill(): Promise<void>;
+}
+
+export interface SpawnOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Run inside this network namespace (`ip netns exec NAME`; needs root). */
+  netns?: string;
+}
+
+/** Starts `bolt-core ARGS...` with log lines as JSON (no TTY), debug level unless `env` says otherwise. */
+export function spawnBolt(args: string[], opts: SpawnOptions = {}): BoltProcess {
+  const argv = [process.execPath, BIN, ...args];
+  const [cmd, ...rest] = opts.netns ? ['ip', 'netns', 'exec', opts.netns, ...argv] : argv;
+  const proc = spawn(cmd!, rest, {
+    cwd: opts.cwd ?? REPO,
+    env: { ...process.env, BOLT_LOG_LEVEL: 'debug', ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const listeners = new Set<() => void>();
+  const onData = (d: Buffer) => {
+    out += d.toString();
+    for (const l of listeners) l();
+  };
+  proc.stdout!.on('data', onData);
+  proc.stderr!.on('data', onData);
+  const exit = new Promise<number | string>((resolve) => proc.once('exit', (code, signal) => resolve(code ?? signal ?? -1)));
+  return {
+    proc,
+    output: () => out,
+    waitForOutput(pattern, timeoutMs = 20_000) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const m = out.match(pattern);
+          if (m) {
+            done();
+            resolve(m);
+          }
+        };
+        const timer = setTimeout(() => {
+          done();
+          reject(new Error(`no ${pattern} in the output within ${timeoutMs} ms:\n${out.slice(-3000)}`));
+        }, timeoutMs);
+        const done = () => {
+          clearTimeout(timer);
+          listeners.delete(check);
+        };
+        void exit.then((code) => {
+          if (!listeners.has(check)) return;
+          done();
+          reject(new Error(`process exited (${code}) before ${pattern} appeared:\n${out.slice(-3000)}`));
+        });
+        listeners.add(check);
+        check();
+      });
+    },
+    exited: () => exit,
+    async kill() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      await exit;
+    },
+  };
+}
+
+/** Polls `probe` until it returns a value other than undefined (rejects after `timeoutMs` with the last error). */
+export async function eventually<T>(probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Reads `<dataDir>/core.json` once the process has written it. */
+export async function coreInfo(dataDir: string, timeoutMs = 20_000): Promise<{ pid: number; admin: { url: string; token: string } }> {
+  return eventually(async () => JSON.parse(await readFile(path.join(dataDir, 'core.json'), 'utf8')), timeoutMs, `${dataDir}/core.json`);
+}
+
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
