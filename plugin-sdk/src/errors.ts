@@ -56,6 +56,7 @@ export const ERROR_CODES = {
   BOLT_ERR_JOB_BAD_CRON: 'schedule is not a cron expression node-cron accepts. Hint: 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, e.g. "0 2 * * *".',
   BOLT_ERR_JOB_TEMPLATE: 'A {{ ... }} template cannot be resolved: an undefined var, an unknown group or host index, a host template outside a task\'s with:, or an unsupported expression.',
   BOLT_ERR_JOB_BAD_VAR: 'A --var NAME=VALUE given on the command line is malformed or does not fit the type the job file gives that var.',
+  BOLT_ERR_RUN_NOT_FOUND: 'No run has this id on this server; `bolt-core runs` lists them.',
   // --- wire (transport, identity, trust)
   BOLT_ERR_WIRE_KEY_UNKNOWN: 'No key in the trust list has that fingerprint (or prefix) and role; list the keys with `bolt-core keys list` and copy the fingerprint.',
   BOLT_ERR_WIRE_KEY_AMBIGUOUS: 'The fingerprint prefix is shorter than 8 characters or matches more than one key (or one key in both roles); give more characters of the fingerprint, or the role.',

@@ -72,6 +72,16 @@ function targetsOf(data: unknown): string[] {
   return targets;
 }
 
+/** `k=v` query values as a map (a Map first: keys come from the request). */
+function pairs(values: string[]): Record<string, string> {
+  const map = new Map<string, string>();
+  for (const pair of values) {
+    const eq = pair.indexOf('=');
+    if (eq > 0) map.set(pair.slice(0, eq), pair.slice(eq + 1));
+  }
+  return Object.fromEntries(map);
+}
+
 /** The host name a client used to reach this server, for the embedded sink's URL in the welcome. */
 function requestHostname(request: IncomingMessage): string {
   try {
@@ -95,15 +105,22 @@ export async function startServerRole(ctx: PluginContext<TransportSettings>, ide
       hosts: await bus.request('health.summary').catch(() => null),
     })],
     ['/api/hosts', (req) => {
-      const labels: Record<string, string> = {};
-      for (const pair of req.query.getAll('label')) {
-        const eq = pair.indexOf('=');
-        if (eq > 0) labels[pair.slice(0, eq)] = pair.slice(eq + 1);
-      }
       const state = req.query.get('state');
-      return bus.request('health.hosts', { labels, ...(state && { state }) });
+      return bus.request('health.hosts', { labels: pairs(req.query.getAll('label')), ...(state && { state }) });
     }],
     ['/api/plugins', () => bus.request('core.plugins')],
+    // Runs belong to the scheduler plugin; this is only their HTTP face.
+    ['POST /api/runs', (req) => {
+      const json = /\bjson\b/i.test(String(req.headers['content-type'] ?? ''));
+      return bus.request('scheduler.runs.create', {
+        text: req.body.toString('utf8'),
+        file: req.query.get('file') ?? (json ? 'job.json' : 'job.yaml'),
+        vars: pairs(req.query.getAll('var')),
+      }, { timeoutMs: 30_000 });
+    }],
+    ['GET /api/runs', () => bus.request('scheduler.runs.list')],
+    ['GET /api/runs/:id', (req) => bus.request('scheduler.runs.get', { runId: req.params.id })],
+    ['POST /api/runs/:id/cancel', (req) => bus.request('scheduler.runs.cancel', { runId: req.params.id })],
   ]);
   const listener = await Listener.start({
     port: options.port ?? 7700,

@@ -33,6 +33,8 @@ export interface ApiRequest {
   method: string;
   /** The path without the query string. */
   path: string;
+  /** Values of the route's `:name` segments, URL-decoded. */
+  params: Record<string, string>;
   query: URLSearchParams;
   headers: IncomingHttpHeaders;
   /** The request body (at most maxBodyBytes); empty for most GETs. */
@@ -51,7 +53,11 @@ export interface ListenerOptions {
   tls?: { certFile: string; keyFile: string };
   /** Where the API token file lives. */
   dataDir: string;
-  /** GET routes by exact path. */
+  /**
+   * Routes by `METHOD /path`, where a path segment `:name` matches one segment and lands in
+   * `request.params.name` (e.g. `POST /api/runs/:id/cancel`). A key without a method is a GET.
+   * HEAD is served by the GET route.
+   */
   routes?: ReadonlyMap<string, RouteHandler>;
   /** Routes served without the token. Default: '/api/health'. */
   publicPaths?: ReadonlySet<string>;
@@ -75,6 +81,7 @@ export class Listener {
   readonly tokenFile: string;
   readonly #opts: ListenerOptions;
   readonly #tokenHash: Buffer;
+  readonly #router: Router;
 
   /** Creates the server, loads or creates the token, and listens. Rejects if the port is taken or a TLS file is unreadable. */
   static async start(options: ListenerOptions): Promise<Listener> {
@@ -91,6 +98,7 @@ export class Listener {
 
   private constructor(options: ListenerOptions) {
     this.#opts = options;
+    this.#router = new Router(options.routes);
     this.tokenFile = path.join(options.dataDir, API_TOKEN_FILE);
     this.token = loadOrCreateToken(this.tokenFile);
     this.#tokenHash = sha256(`Bearer ${this.token}`);
@@ -153,15 +161,19 @@ export class Listener {
     const request: ApiRequest = {
       method: req.method ?? 'GET',
       path: q === -1 ? url : url.slice(0, q),
+      params: {},
       query: new URLSearchParams(q === -1 ? '' : url.slice(q + 1)),
       headers: req.headers,
       body: Buffer.alloc(0),
     };
     if (req.rawHeaders.length / 2 > maxHeaders) return reply(res, 431, apiError('BOLT_ERR_WIRE_API_TOO_LARGE', `More than ${maxHeaders} request headers.`), true);
-    const handler = this.#opts.routes?.get(request.path);
-    if (handler === undefined || (request.method !== 'GET' && request.method !== 'HEAD')) {
-      return reply(res, handler === undefined ? 404 : 405, apiError('BOLT_ERR_WIRE_API_NOT_FOUND', `No route ${request.method} ${request.path.slice(0, 200)}.`), true);
+    const method = request.method === 'HEAD' ? 'GET' : request.method;
+    const match = this.#router.match(method, request.path);
+    if (match.handler === undefined) {
+      return reply(res, match.pathKnown ? 405 : 404, apiError('BOLT_ERR_WIRE_API_NOT_FOUND', `No route ${request.method} ${request.path.slice(0, 200)}.`), true);
     }
+    const handler = match.handler;
+    request.params = match.params;
     if (!(this.#opts.publicPaths ?? DEFAULT_PUBLIC).has(request.path) && !this.#authorized(req)) {
       return reply(res, 401, apiError('BOLT_ERR_WIRE_API_UNAUTHORIZED', `Missing or wrong bearer token (see ${API_TOKEN_FILE} in the data directory).`), true);
     }
@@ -185,9 +197,62 @@ export class Listener {
 
 const DEFAULT_PUBLIC: ReadonlySet<string> = new Set(['/api/health']);
 
-/** Bus failures mean "try again"; anything else the handler threw is a server error. */
+interface CompiledRoute {
+  method: string;
+  segments: string[];
+  handler: RouteHandler;
+}
+
+/**
+ * Matches `METHOD /a/:b/c` routes segment by segment; route keys are ours, the path is the peer's,
+ * so nothing from the request is used as an object key.
+ */
+class Router {
+  readonly #routes: CompiledRoute[] = [];
+
+  constructor(routes: ReadonlyMap<string, RouteHandler> | undefined) {
+    for (const [key, handler] of routes ?? []) {
+      const space = key.indexOf(' ');
+      const method = space === -1 ? 'GET' : key.slice(0, space);
+      const pattern = space === -1 ? key : key.slice(space + 1);
+      this.#routes.push({ method, segments: pattern.split('/'), handler });
+    }
+  }
+
+  match(method: string, path: string): { handler?: RouteHandler; params: Record<string, string>; pathKnown: boolean } {
+    const segments = path.split('/');
+    let pathKnown = false;
+    for (const route of this.#routes) {
+      if (route.segments.length !== segments.length) continue;
+      const params = new Map<string, string>();
+      const fits = route.segments.every((part, i) => {
+        if (!part.startsWith(':')) return part === segments[i];
+        let value: string;
+        try {
+          value = decodeURIComponent(segments[i]!);
+        } catch {
+          return false;
+        }
+        params.set(part.slice(1), value);
+        return value.length > 0;
+      });
+      if (!fits) continue;
+      pathKnown = true;
+      if (route.method === method) return { handler: route.handler, params: Object.fromEntries(params), pathKnown };
+    }
+    return { params: {}, pathKnown };
+  }
+}
+
+/**
+ * Bus failures mean "try again" (503); an unknown thing is 404; bad input from the caller (a job
+ * file, a run that cannot be cancelled) is 400; anything else the handler threw is a server error.
+ */
 function statusFor(code: string): number {
-  return code === 'BOLT_ERR_BUS_NO_PROVIDER' || code === 'BOLT_ERR_BUS_TIMEOUT' || code === 'BOLT_ERR_BUS_PROVIDER_CRASHED' ? 503 : 500;
+  if (code === 'BOLT_ERR_BUS_NO_PROVIDER' || code === 'BOLT_ERR_BUS_TIMEOUT' || code === 'BOLT_ERR_BUS_PROVIDER_CRASHED') return 503;
+  if (code.endsWith('_NOT_FOUND')) return 404;
+  if (code.startsWith('BOLT_ERR_JOB_') || code.startsWith('BOLT_ERR_RUN_')) return 400;
+  return 500;
 }
 
 function apiError(code: string, message: string): { error: { code: string; message: string } } {

@@ -15,6 +15,11 @@ async function start(dataDir: string, seen: ApiRequest[] = []): Promise<Listener
     ['/api/plugins', () => {
       throw new BoltError('BOLT_ERR_BUS_NO_PROVIDER', "no running plugin provides 'core.plugins'");
     }],
+    ['POST /api/runs/:id/cancel', (req) => ({ cancelled: req.params.id, body: req.body.toString() })],
+    ['GET /api/runs/:id', (req) => {
+      if (req.params.id === 'nope') throw new BoltError('BOLT_ERR_RUN_NOT_FOUND', 'no run nope');
+      return { id: req.params.id };
+    }],
   ]);
   const listener = await Listener.start({ port: 0, host: '127.0.0.1', dataDir, routes });
   return listener;
@@ -62,6 +67,22 @@ describe('transport-ws server: Listener (HTTP API, token, limits)', function () 
       expect((missing.body as { error: { code: string } }).error.code).to.equal('BOLT_ERR_WIRE_API_NOT_FOUND');
       const post = await fetch(listener.url('/api/health'), { method: 'POST', body: '{}' });
       expect(post.status).to.equal(405);
+    } finally {
+      await listener.close();
+    }
+  });
+
+  it('routes by method and :param segments, decoded, with 404, 405 and error statuses', async () => {
+    const listener = await start(tempDir());
+    const auth = { authorization: `Bearer ${listener.token}` };
+    try {
+      const cancel = await fetch(listener.url('/api/runs/r%201/cancel'), { method: 'POST', headers: auth, body: 'why' });
+      expect({ status: cancel.status, body: await cancel.json() }).to.deep.equal({ status: 200, body: { cancelled: 'r 1', body: 'why' } });
+      expect((await get(listener.url('/api/runs/abc'), listener.token)).body).to.deep.equal({ id: 'abc' });
+      expect((await get(listener.url('/api/runs/nope'), listener.token)).status).to.equal(404);
+      expect((await fetch(listener.url('/api/runs/abc/cancel'), { headers: auth })).status).to.equal(405);
+      expect((await get(listener.url('/api/runs/abc/extra/more'), listener.token)).status).to.equal(404);
+      expect((await get(listener.url('/api/runs/%E0%A4%A'), listener.token)).status).to.equal(404);
     } finally {
       await listener.close();
     }
