@@ -26,13 +26,13 @@ export function usageError(message: string, command?: Command): BoltError {
   return new BoltError('BOLT_ERR_CLI_USAGE', command ? `${message}\nusage: ${command.usage}` : message);
 }
 
-/** `--label KEY=VALUE` filters as a map; a pair without `=` is a usage error. */
-export function parseLabelFilters(pairs: string[], command: Command): Record<string, string> {
-  const labels: Record<string, string> = {};
+/** Repeated `--FLAG KEY=VALUE` options (labels, vars) as a map; a pair without `=` is a usage error. */
+export function parsePairs(pairs: string[], flag: string, command: Command): Record<string, string> {
+  const map = new Map<string, string>();
   for (const pair of pairs) {
     const eq = pair.indexOf('=');
-    if (eq < 1) throw usageError(`--label must be KEY=VALUE (got '${pair}')`, command);
-    labels[pair.slice(0, eq)] = pair.slice(eq + 1);
+    if (eq < 1) throw usageError(`--${flag} must be KEY=VALUE (got '${pair}')`, command);
+    map.set(pair.slice(0, eq), pair.slice(eq + 1));
   }
-  return labels;
+  return Object.fromEntries(map);
 }

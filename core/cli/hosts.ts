@@ -1,6 +1,6 @@
 /** `bolt-core hosts`: the hosts the running server knows, with their health state. */
 import { serviceRequest } from './admin-client.ts';
-import { parseLabelFilters, usageError, type Command } from './command.ts';
+import { parsePairs, usageError, type Command } from './command.ts';
 import { ago, formatTable } from './table.ts';
 
 /** One row of `health.hosts` (served by the health-monitor plugin); only what the table shows is typed. */
@@ -25,7 +25,7 @@ export const hostsCommand: Command = {
   },
   async run({ values, positionals }) {
     if (positionals.length > 0) throw usageError(`unknown argument '${positionals[0]}'`, hostsCommand);
-    const labels = parseLabelFilters((values.label as string[] | undefined) ?? [], hostsCommand);
+    const labels = parsePairs((values.label as string[] | undefined) ?? [], 'label', hostsCommand);
     const hosts = await serviceRequest<HostRow[]>((values.data as string | undefined) ?? '.bolt', 'health.hosts', { labels });
     if (values.json) {
       process.stdout.write(`${JSON.stringify(hosts, null, 2)}\n`);

@@ -2,16 +2,26 @@
 import { readFileSync } from 'node:fs';
 import { toErrorInfo } from '../../plugin-sdk/src/errors.ts';
 import { parseCommandArgs, type Command } from './command.ts';
+import { demoCommand } from './demo.ts';
 import { hostsCommand } from './hosts.ts';
 import { keysCommand } from './keys.ts';
 import { pluginsCommand } from './plugins.ts';
+import { runCommand } from './run.ts';
+import { cancelCommand, runsCommand, showCommand } from './runs.ts';
 import { startCommand } from './start.ts';
+import { validateCommand } from './validate.ts';
 
 const commands = new Map<string, Command>([
   ['start', startCommand],
   ['plugins', pluginsCommand],
   ['hosts', hostsCommand],
   ['keys', keysCommand],
+  ['validate', validateCommand],
+  ['run', runCommand],
+  ['runs', runsCommand],
+  ['show', showCommand],
+  ['cancel', cancelCommand],
+  ['demo', demoCommand],
 ]);
 
 /** Errors that mean "bad input or usage": exit 2. */
@@ -54,7 +64,7 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     const info = toErrorInfo(err);
     process.stderr.write(`bolt-core ${name}: ${info.code}: ${info.message}\n`);
-    return USAGE_CODES.has(info.code) ? 2 : 1;
+    return USAGE_CODES.has(info.code) || info.code.startsWith('BOLT_ERR_JOB_') ? 2 : 1;
   }
 }
 

@@ -4,7 +4,7 @@ import { ROLES } from '../../plugin-sdk/src/schemas/manifest.ts';
 import type { ProcessOptions } from '../../plugin-sdk/src/index.ts';
 import { Core } from '../runtime.ts';
 import { createLogger } from '../log.ts';
-import { parseLabelFilters, usageError, type Command } from './command.ts';
+import { parsePairs, usageError, type Command } from './command.ts';
 
 const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9_./-]{0,63}$/;
 
@@ -26,7 +26,7 @@ function file(values: Values, flag: string): string | undefined {
 
 /** Turns the flags into the options every plugin sees as `ctx.options`; bad values are usage errors. */
 function processOptions(roles: string[], values: Values): ProcessOptions {
-  const labels = parseLabelFilters((values.label as string[] | undefined) ?? [], startCommand);
+  const labels = parsePairs((values.label as string[] | undefined) ?? [], 'label', startCommand);
   for (const [key, value] of Object.entries(labels)) {
     if (!LABEL_KEY.test(key) || value.length > 256) {
       throw usageError(`--label ${key}: keys are letters, digits, '_', '.', '/', '-' (at most 64), values at most 256 characters`, startCommand);

@@ -119,24 +119,39 @@ export interface ErrorInfo {
   message: string;
   stack?: string;
   cause?: ErrorInfo;
+  /** A BoltError's details (for example the issues of an invalid job), when they are plain JSON. */
+  details?: Record<string, unknown>;
 }
 
 /** Turns anything thrown into an ErrorInfo that survives structured clone and JSON. */
 export function toErrorInfo(err: unknown, depth = 0): ErrorInfo {
   if (err !== null && typeof err === 'object' && typeof (err as { message?: unknown }).message === 'string') {
-    const e = err as { code?: unknown; message: string; stack?: unknown; cause?: unknown };
+    const e = err as { code?: unknown; message: string; stack?: unknown; cause?: unknown; details?: unknown };
     const info: ErrorInfo = { code: typeof e.code === 'string' ? e.code : 'ERR_UNKNOWN', message: e.message };
     if (typeof e.stack === 'string') info.stack = e.stack;
+    const details = plainDetails(e.details);
+    if (details) info.details = details;
     if (e.cause !== undefined && depth < 3) info.cause = toErrorInfo(e.cause, depth + 1);
     return info;
   }
   return { code: 'ERR_UNKNOWN', message: typeof err === 'string' ? err : (JSON.stringify(err) ?? String(err)) };
 }
 
-/** Rebuilds a throwable error from an ErrorInfo, keeping the code. */
-export function fromErrorInfo(info: ErrorInfo): Error & { code: string } {
-  const err = new Error(info.message, info.cause ? { cause: fromErrorInfo(info.cause) } : undefined) as Error & { code: string };
+/** Details survive only as plain JSON (a copy), so nothing odd crosses a thread or the network. */
+function plainDetails(details: unknown): Record<string, unknown> | undefined {
+  if (details === null || typeof details !== 'object' || Array.isArray(details)) return undefined;
+  try {
+    return JSON.parse(JSON.stringify(details)) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Rebuilds a throwable error from an ErrorInfo, keeping the code (and details). */
+export function fromErrorInfo(info: ErrorInfo): Error & { code: string; details?: Record<string, unknown> } {
+  const err = new Error(info.message, info.cause ? { cause: fromErrorInfo(info.cause) } : undefined) as Error & { code: string; details?: Record<string, unknown> };
   err.code = info.code;
+  if (info.details) err.details = info.details;
   if (info.stack) err.stack = info.stack;
   return err;
 }

@@ -184,7 +184,7 @@ export class Listener {
       reply(res, 200, await handler(request), false);
     } catch (err) {
       const info = toErrorInfo(err);
-      reply(res, statusFor(info.code), apiError(info.code, info.message), false);
+      reply(res, statusFor(info.code), apiError(info.code, info.message, info.details), false);
       if (!(err instanceof BoltError)) this.#opts.onError?.(err, request);
     }
   }
@@ -255,8 +255,8 @@ function statusFor(code: string): number {
   return 500;
 }
 
-function apiError(code: string, message: string): { error: { code: string; message: string } } {
-  return { error: { code, message } };
+function apiError(code: string, message: string, details?: Record<string, unknown>): { error: { code: string; message: string; details?: Record<string, unknown> } } {
+  return { error: { code, message, ...(details && { details }) } };
 }
 
 function reply(res: ServerResponse, status: number, body: unknown, close: boolean): void {
