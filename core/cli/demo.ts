@@ -19,7 +19,8 @@ const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = path.join(REPO, 'bin', 'bolt-core');
 const DEFAULT_JOB = path.join(REPO, 'tasks', 'quickstart.yaml');
 
-async function freePort(): Promise<number> {
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.once('error', reject);

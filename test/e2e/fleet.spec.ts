@@ -4,7 +4,7 @@
  * a SIGSTOPped client coming back under the same identity.
  */
 import { expect } from 'chai';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -103,6 +103,37 @@ describe('fleet end to end: bolt-core start + three --role client processes', fu
     expect(all.filter((h) => h.name === 'c1')).to.have.length(1);
     expect(all.find((h) => h.name === 'c1')!.id).to.equal(before.id);
     expect(all).to.have.length(3);
+  });
+});
+
+describe('fleet over TLS: --tls-cert/--tls-key on the server, wss:// and --tls-ca on the client', function () {
+  this.timeout(60_000);
+  let dir: string;
+  const procs: BoltProcess[] = [];
+
+  after(async () => {
+    await Promise.all(procs.map((p) => p.kill()));
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('registers a client over wss:// and refuses one that does not trust the certificate', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'bolt-tls-'));
+    const cert = path.join(dir, 'cert.pem');
+    const key = path.join(dir, 'key.pem');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost', '-keyout', key, '-out', cert], { stdio: 'ignore' });
+    await writeFile(path.join(dir, 'bolt.yaml'), JSON.stringify(FAST_HEALTH));
+    const port = await freePort();
+    const server = spawnBolt(['start', '--data', path.join(dir, 'server'), '--config', path.join(dir, 'bolt.yaml'), '--port', String(port), '--sink-port', String(await freePort()),
+      '--auto-accept', '--listen', '127.0.0.1', '--tls-cert', cert, '--tls-key', key], { cwd: dir });
+    procs.push(server);
+    await server.waitForOutput(/server listening on https:/);
+    const trusting = spawnBolt(['start', '--role', 'client', '--server', `wss://127.0.0.1:${port}`, '--tls-ca', cert, '--data', path.join(dir, 'c-ok'), '--config', path.join(dir, 'bolt.yaml'), '--name', 'tls-ok'], { cwd: dir });
+    const untrusting = spawnBolt(['start', '--role', 'client', '--server', `wss://127.0.0.1:${port}`, '--data', path.join(dir, 'c-no'), '--config', path.join(dir, 'bolt.yaml'), '--name', 'tls-no'], { cwd: dir });
+    procs.push(trusting, untrusting);
+    await eventually(() => (hosts(path.join(dir, 'server')).some((h) => h.name === 'tls-ok' && h.state === 'healthy') ? true : undefined), 30_000, 'the wss client healthy');
+    await untrusting.waitForOutput(/"level":40[^\n]*SELF_SIGNED_CERT/, 20_000);
+    expect(hosts(path.join(dir, 'server')).map((h) => h.name)).to.deep.equal(['tls-ok']);
   });
 });
 

@@ -1,9 +1,10 @@
 /** Real `bolt-core` processes for end-to-end tests: spawn, watch their output, wait, signal. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { REPO } from './core.ts';
+
+export { freePort } from '../../core/cli/demo.ts';
 
 export const BIN = path.join(REPO, 'bin', 'bolt-core');
 
@@ -102,14 +103,3 @@ export async function coreInfo(dataDir: string, timeoutMs = 20_000): Promise<{ p
   return eventually(async () => JSON.parse(await readFile(path.join(dataDir, 'core.json'), 'utf8')), timeoutMs, `${dataDir}/core.json`);
 }
 
-/** A TCP port that was free a moment ago on 127.0.0.1. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}

@@ -221,6 +221,8 @@ export class WireClient {
   readonly #counters: WireClientCounters = { attempts: 0, connects: 0, disconnects: 0, busy: 0, refusals: {}, commandsAccepted: 0, commandsRefused: {}, heartbeatsSent: 0, badFrames: 0 };
   #attempt: Attempt | null = null;
   #reconnectTimer: NodeJS.Timeout | null = null;
+  /** Why the last attempt failed before a session (null after a session), to log each new reason once. */
+  #lastFailure: string | null = null;
   #started = false;
   #closed = false;
   #closing: Promise<void> | null = null;
@@ -436,9 +438,14 @@ export class WireClient {
       // The endpoint refused our key by close code alone, without an error message first.
       const refusal = /^BOLT_ERR_[A-Z0-9_]+$/.test(reason) ? reason : 'BOLT_ERR_WIRE_PEER_NOT_ACCEPTED';
       this.#refused(attempt, refusal, new BoltError('BOLT_ERR_WIRE_PEER_NOT_ACCEPTED', `The ${this.expectRole} closed with ${code} ${reason}.`));
+    } else if (cause !== this.#lastFailure) {
+      // A new reason (refused connection, untrusted certificate, 503...) is worth a warning once;
+      // the same reason again on every retry is not.
+      this.#log.warn({ url: this.url, cause }, `cannot connect to ${this.url}: ${cause}; retrying`);
     } else {
       this.#log.debug({ url: this.url, cause }, 'connection attempt failed');
     }
+    this.#lastFailure = attempt.session === null ? cause : null;
     if (this.#closed) return;
     const delayMs = attempt.retryAfterMs + this.#backoff.next();
     this.#safely('onReconnectScheduled', () => this.#opts.onReconnectScheduled?.(delayMs, cause));
