@@ -23,7 +23,7 @@ import type { TaskEventKind, TaskEventMessage, TaskStatusMessage } from '../../p
 export const DEFAULT_STORE_FILENAME = 'sink.sqlite';
 
 /** The schema version this code writes; older files are migrated forward on open. */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 export interface SinkStoreOptions {
   /** How long a write waits for another connection's lock before failing, in ms. Default 5000. */
@@ -32,8 +32,11 @@ export interface SinkStoreOptions {
   cacheSizeMb?: number;
 }
 
-/** A task.event as the store takes it: the wire message, envelope `v`/`type` optional. */
-export type TaskEventRecord = Omit<TaskEventMessage, 'v' | 'type'>;
+/**
+ * A task.event as the store takes it: the wire message, envelope `v`/`type` optional, with the
+ * sending host's key fingerprint (`hostId`) when the transport knows it.
+ */
+export type TaskEventRecord = Omit<TaskEventMessage, 'v' | 'type'> & { hostId?: string };
 
 /** Final states of a task, as sent to the server in task.status. */
 export type FinalTaskState = TaskStatusMessage['state'];
@@ -41,15 +44,32 @@ export type FinalTaskState = TaskStatusMessage['state'];
 /** State of a task in the store: running until its final status is committed. */
 export type TaskState = 'running' | FinalTaskState;
 
-/** State of one host in one task: running after `started`, then the kind of its final event. */
-export type HostState = 'running' | Exclude<TaskEventKind, 'started'>;
+/**
+ * State of one host in one task: running after `started`, then the kind of its final event, or
+ * `timedout` / `lost` when the aggregator decided the task without a final event from that host.
+ */
+export type HostState = 'running' | Exclude<TaskEventKind, 'started'> | 'lost';
 
-/** Host counts of a task: ok + failed + lost = total (lost: never reported a final event). */
+/**
+ * Host counts of a task: ok + failed + lost = total (lost: never reported a final event).
+ * `failed` counts every host that ended without success, including the `timedout` and
+ * `cancelled` ones, which are broken out (timedout + cancelled <= failed). `started`: hosts that
+ * reported starting the action. The three optional counts default to 0.
+ */
 export interface HostCounts {
   total: number;
   ok: number;
   failed: number;
   lost: number;
+  started?: number;
+  timedout?: number;
+  cancelled?: number;
+}
+
+/** A host the aggregator decided without a final event from it (timed out, or its host was lost). */
+export interface UnreportedHost {
+  host: string;
+  state: 'timedout' | 'lost';
 }
 
 /** The final status of a task as decided by the aggregator. */
@@ -64,6 +84,37 @@ export interface TaskStatusRecord {
   finishedAt?: number;
   /** Default: latest minus earliest start instant among the task's host results. */
   startSkewMs?: number;
+  /**
+   * Hosts that sent no final event, recorded as their host result (a host that has a final
+   * result already keeps it; one whose final event arrives later gets that event's state).
+   */
+  unreported?: UnreportedHost[];
+}
+
+/** One dispatch of a task to its targets, as the scheduler announced it (`run.task.dispatched`). */
+export interface DispatchRecord {
+  runId: string;
+  taskId: string;
+  /** Unique per dispatch; a dispatch recorded again is a duplicate. */
+  commandId: string;
+  /** Host id (key fingerprint) and name of every target. */
+  targets: Array<{ id: string; name: string }>;
+  /** The synchronized start instant (server clock), or null for "as soon as possible". */
+  startAt: number | null;
+  timeoutMs: number;
+  /** The task's failure policy, stored as given (JSON). */
+  failure: unknown;
+  dispatchedAt: number;
+}
+
+/** A task whose final status is not committed yet, with everything needed to decide it again. */
+export interface PendingTask {
+  runId: string;
+  taskId: string;
+  /** Its dispatches in the order they were recorded (none: only events were seen). */
+  dispatches: DispatchRecord[];
+  /** Its stored events in arrival order, without output tails. */
+  events: TaskEventRecord[];
 }
 
 /** A run as the server describes it. Times are epoch ms. */
@@ -98,10 +149,12 @@ export interface StoredTask {
   runId: string;
   taskId: string;
   state: TaskState;
-  hosts: HostCounts;
+  hosts: Required<HostCounts>;
   startedAt: number | null;
   finishedAt: number | null;
   startSkewMs: number | null;
+  /** When the final status was reported as published (markStatusPublished), else null. */
+  statusPublishedAt: number | null;
 }
 
 export interface HostResult {
@@ -176,8 +229,11 @@ const MAX_CACHE_ENTRIES = 100_000;
 /** CSV rows collected before one call of the export's write callback. */
 const CSV_ROWS_PER_CHUNK = 1000;
 
-/** Forward migrations; migration N brings a file from version N-1 to N. Never edit a shipped one. */
-const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
+/**
+ * Forward migrations; migration N brings a file from version N-1 to N. Never edit a shipped one.
+ * Exported for tests that build a file of an older version.
+ */
+export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
   {
     version: 1,
     sql: `
@@ -258,6 +314,31 @@ const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
       ) WITHOUT ROWID;
     `,
   },
+  {
+    // The aggregator's view of a task: its dispatches (to decide it again after a restart), the
+    // full host breakdown of its final status, and whether that status was published.
+    version: 2,
+    sql: `
+      ALTER TABLE tasks ADD COLUMN hosts_started INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE tasks ADD COLUMN hosts_timedout INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE tasks ADD COLUMN hosts_cancelled INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE tasks ADD COLUMN status_published_at REAL;
+      -- Statuses committed before this version were handled by whoever committed them.
+      UPDATE tasks SET status_published_at = (julianday('now') - 2440587.5) * 86400000.0 WHERE state <> 'running';
+      CREATE INDEX tasks_running ON tasks (id) WHERE state = 'running';
+      CREATE INDEX tasks_unpublished ON tasks (id) WHERE state <> 'running' AND status_published_at IS NULL;
+      CREATE TABLE dispatches (
+        command_id TEXT PRIMARY KEY,
+        task INTEGER NOT NULL REFERENCES tasks (id),
+        dispatched_at REAL NOT NULL,
+        start_at REAL,
+        timeout_ms REAL NOT NULL,
+        failure TEXT NOT NULL,
+        targets TEXT NOT NULL
+      );
+      CREATE INDEX dispatches_by_task ON dispatches (task);
+    `,
+  },
 ];
 
 type Statement = Database.Statement<unknown[]>;
@@ -280,9 +361,32 @@ interface TaskRow {
   hosts_ok: number;
   hosts_failed: number;
   hosts_lost: number;
+  hosts_started: number;
+  hosts_timedout: number;
+  hosts_cancelled: number;
   started_at: number | null;
   finished_at: number | null;
   start_skew_ms: number | null;
+  status_published_at: number | null;
+}
+
+interface DispatchRow {
+  run_id: string;
+  task_id: string;
+  command_id: string;
+  dispatched_at: number;
+  start_at: number | null;
+  timeout_ms: number;
+  failure: string;
+  targets: string;
+}
+
+interface EventRow {
+  message_id: string;
+  host: string;
+  kind: TaskEventKind;
+  at: number;
+  payload: string;
 }
 
 interface HostResultRow {
@@ -322,6 +426,14 @@ export class SinkStore {
     | 'taskState'
     | 'hostResultSpan'
     | 'finishTask'
+    | 'recordUnreported'
+    | 'insertDispatch'
+    | 'dispatchesOfTask'
+    | 'eventsOfTask'
+    | 'runningTasks'
+    | 'unpublishedTasks'
+    | 'markPublished'
+    | 'metricsOfRun'
     | 'syncFull'
     | 'syncNormal'
     | 'getRun'
@@ -420,14 +532,48 @@ export class SinkStore {
         INSERT INTO ingested_batches (batch_id, host, samples, received_at) VALUES (?, ?, ?, ?)
         ON CONFLICT (batch_id) DO NOTHING`),
       insertSample: prepare('INSERT INTO samples (run, task, host, metric, tags, t, value) VALUES (?, ?, ?, ?, ?, ?, ?)'),
-      taskState: prepare('SELECT state, hosts_total, hosts_ok, hosts_failed, hosts_lost FROM tasks WHERE id = ?'),
+      taskState: prepare(`
+        SELECT state, hosts_total, hosts_ok, hosts_failed, hosts_lost, hosts_started, hosts_timedout, hosts_cancelled
+        FROM tasks WHERE id = ?`),
       hostResultSpan: prepare(`
         SELECT min(started_at) AS first, max(started_at) AS last, max(started_at + duration_ms) AS end
         FROM host_results WHERE task = ?`),
       finishTask: prepare(`
-        UPDATE tasks SET state = ?, hosts_total = ?, hosts_ok = ?, hosts_failed = ?, hosts_lost = ?,
-          started_at = ?, finished_at = ?, start_skew_ms = ?
-        WHERE id = ?`),
+        UPDATE tasks SET state = @state, hosts_total = @total, hosts_ok = @ok, hosts_failed = @failed, hosts_lost = @lost,
+          hosts_started = @started, hosts_timedout = @timedout, hosts_cancelled = @cancelled,
+          started_at = @startedAt, finished_at = @finishedAt, start_skew_ms = @startSkewMs
+        WHERE id = @task`),
+      // A host that already has a final result keeps it.
+      recordUnreported: prepare(`
+        INSERT INTO host_results (task, host, state) VALUES (?, ?, ?)
+        ON CONFLICT (task, host) DO UPDATE SET state = excluded.state WHERE host_results.state = 'running'`),
+      insertDispatch: prepare(`
+        INSERT INTO dispatches (command_id, task, dispatched_at, start_at, timeout_ms, failure, targets)
+        VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO NOTHING`),
+      dispatchesOfTask: prepare(`
+        SELECT r.run_id, k.task_id, d.* FROM dispatches d JOIN tasks k ON k.id = d.task JOIN runs r ON r.id = k.run
+        WHERE d.task = ? ORDER BY d.rowid`),
+      eventsOfTask: prepare(`
+        SELECT e.message_id, h.name AS host, e.kind, e.at, e.payload FROM events e JOIN hosts h ON h.id = e.host
+        WHERE e.task = ? ORDER BY e.rowid`),
+      // Tasks still running that were dispatched, or that saw an event since @since (events that
+      // arrived before their dispatch was announced).
+      runningTasks: prepare(`
+        SELECT k.id, r.run_id, k.task_id FROM tasks k JOIN runs r ON r.id = k.run
+        WHERE k.state = 'running' AND (
+          EXISTS (SELECT 1 FROM dispatches d WHERE d.task = k.id)
+          OR EXISTS (SELECT 1 FROM events e WHERE e.task = k.id AND e.at >= @since))
+        ORDER BY k.id LIMIT @limit`),
+      unpublishedTasks: prepare(`
+        SELECT r.run_id, k.* FROM tasks k JOIN runs r ON r.id = k.run
+        WHERE k.state <> 'running' AND k.status_published_at IS NULL ORDER BY k.id LIMIT @limit`),
+      markPublished: prepare(`
+        UPDATE tasks SET status_published_at = coalesce(status_published_at, ?)
+        WHERE run = (SELECT id FROM runs WHERE run_id = ?) AND task_id = ? AND state <> 'running'`),
+      metricsOfRun: prepare(`
+        SELECT m.name FROM metrics m
+        WHERE EXISTS (SELECT 1 FROM samples s WHERE s.run = (SELECT id FROM runs WHERE run_id = ?) AND s.metric = m.id)
+        ORDER BY m.name`).pluck(),
       syncFull: prepare('PRAGMA synchronous = FULL'),
       syncNormal: prepare('PRAGMA synchronous = NORMAL'),
       getRun: prepare('SELECT * FROM runs WHERE run_id = ?'),
@@ -536,7 +682,9 @@ export class SinkStore {
    * Commits the final status of a task durably: when this returns, the status is on disk
    * (fsync'd) and survives a crash of the process or of the machine, and so does everything
    * written before it. Committing the same status again returns `{ duplicate: true }`; a
-   * different final status for the same task throws BOLT_ERR_STORE_STATUS_CONFLICT.
+   * different final status for the same task (state or any host count) throws
+   * BOLT_ERR_STORE_STATUS_CONFLICT and changes nothing. `unreported` hosts get their host result
+   * (timedout or lost) in the same transaction.
    *
    * Durability: the connection runs synchronous=NORMAL (WAL): commits survive a process crash
    * but the last ones may be lost on power loss. For this transaction it switches to FULL, which
@@ -552,6 +700,78 @@ export class SinkStore {
     } finally {
       this.#stmt.syncNormal.run();
     }
+  }
+
+  /**
+   * Records a dispatch of a task (the task is created `running` if new). A command id recorded
+   * before changes nothing and returns `{ duplicate: true }`.
+   */
+  recordDispatch(dispatch: DispatchRecord): { duplicate: boolean } {
+    return this.#write(() => {
+      const what = 'dispatch';
+      requireObject(dispatch, what);
+      const runId = requireName(dispatch.runId, what, 'runId');
+      const taskId = requireName(dispatch.taskId, what, 'taskId');
+      const commandId = requireName(dispatch.commandId, what, 'commandId');
+      if (!Array.isArray(dispatch.targets as unknown)) badRecord(what, 'targets', 'an array', dispatch.targets);
+      const targets = dispatch.targets.map((t, i) => {
+        requireObject(t, what, `targets[${i}]`);
+        return { id: requireName(t.id, what, `targets[${i}].id`), name: requireName(t.name, what, `targets[${i}].name`) };
+      });
+      const startAt = dispatch.startAt === null ? null : requireNumber(dispatch.startAt, what, 'startAt');
+      const timeoutMs = requireNumber(dispatch.timeoutMs, what, 'timeoutMs');
+      const dispatchedAt = requireNumber(dispatch.dispatchedAt, what, 'dispatchedAt');
+      const failure = JSON.stringify(dispatch.failure ?? null);
+      const task = this.#taskKey(this.#runKey(runId), taskId);
+      const changes = this.#stmt.insertDispatch.run(commandId, task, dispatchedAt, startAt, timeoutMs, failure, JSON.stringify(targets)).changes;
+      return { duplicate: changes === 0 };
+    });
+  }
+
+  /** The dispatches of a task in the order they were recorded. */
+  listDispatches(runId: string, taskId: string): DispatchRecord[] {
+    this.#assertOpen();
+    const task = this.#stmt.getTask.get(runId, taskId) as { id: number } | undefined;
+    return task === undefined ? [] : (this.#stmt.dispatchesOfTask.all(task.id) as DispatchRow[]).map(dispatchFromRow);
+  }
+
+  /**
+   * Tasks whose final status is not committed yet: those that were dispatched, and those that
+   * only saw events, at or after `eventsSince` (epoch ms, default 0). Each comes with its
+   * dispatches and its events (arrival order, without output tails), so an aggregator can decide
+   * it again after a restart. At most `limit` tasks (default 10,000), oldest first.
+   */
+  listPendingTasks(opts: { eventsSince?: number; limit?: number } = {}): PendingTask[] {
+    this.#assertOpen();
+    const limit = Math.min(1_000_000, Math.max(1, Math.floor(opts.limit ?? 10_000)));
+    const rows = this.#stmt.runningTasks.all({ since: opts.eventsSince ?? 0, limit }) as Array<{ id: number; run_id: string; task_id: string }>;
+    return rows.map((row) => ({
+      runId: row.run_id,
+      taskId: row.task_id,
+      dispatches: (this.#stmt.dispatchesOfTask.all(row.id) as DispatchRow[]).map(dispatchFromRow),
+      events: (this.#stmt.eventsOfTask.all(row.id) as EventRow[]).map((e) => eventFromRow(row.run_id, row.task_id, e)),
+    }));
+  }
+
+  /** Tasks with a committed final status that was never marked published, oldest first. */
+  listUnpublishedTasks(limit = 10_000): StoredTask[] {
+    this.#assertOpen();
+    return (this.#stmt.unpublishedTasks.all({ limit: Math.max(1, Math.floor(limit)) }) as TaskRow[]).map(taskFromRow);
+  }
+
+  /**
+   * Notes that the final status of a task was published (the first instant stays). Returns false
+   * when the task has no committed final status. Not fsync'd: after a power loss a status may be
+   * reported as unpublished once more.
+   */
+  markStatusPublished(runId: string, taskId: string, at: number = Date.now()): boolean {
+    return this.#write(() => this.#stmt.markPublished.run(requireNumber(at, 'publish mark', 'at'), runId, taskId).changes > 0);
+  }
+
+  /** Names of the metrics that have samples in a run, sorted. */
+  listMetrics(runId: string): string[] {
+    this.#assertOpen();
+    return this.#stmt.metricsOfRun.all(runId) as string[];
   }
 
   getRun(id: string): StoredRun | undefined {
@@ -769,10 +989,11 @@ export class SinkStore {
     const startedAt = optionalNumber(event.startedAt, what, 'startedAt');
     const stdoutTail = optionalString(event.stdoutTail, what, 'stdoutTail');
     const stderrTail = optionalString(event.stderrTail, what, 'stderrTail');
+    const hostId = event.hostId === undefined ? undefined : requireName(event.hostId, what, 'hostId');
 
     const task = this.#taskKey(this.#runKey(runId), taskId);
     const host = this.#hostKey(hostName);
-    const payload = JSON.stringify({ exitCode, durationMs, startedAt, stdoutTail, stderrTail });
+    const payload = JSON.stringify({ exitCode, durationMs, startedAt, stdoutTail, stderrTail, hostId });
     if (this.#stmt.insertEvent.run(id, task, host, event.kind, at, payload).changes === 0) return false;
     const state: HostState = event.kind === 'started' ? 'running' : event.kind;
     const start = startedAt ?? (event.kind === 'started' ? at : undefined);
@@ -825,22 +1046,34 @@ export class SinkStore {
     const taskId = requireName(status.taskId, what, 'taskId');
     if (!FINAL_STATES.has(status.state)) badRecord(what, 'state', `one of ${[...FINAL_STATES].join(', ')}`, status.state);
     requireObject(status.hosts, what, 'hosts');
+    const optionalCount = (field: 'started' | 'timedout' | 'cancelled') =>
+      status.hosts[field] === undefined ? 0 : requireCount(status.hosts[field], what, `hosts.${field}`);
     const counts = {
       total: requireCount(status.hosts.total, what, 'hosts.total'),
       ok: requireCount(status.hosts.ok, what, 'hosts.ok'),
       failed: requireCount(status.hosts.failed, what, 'hosts.failed'),
       lost: requireCount(status.hosts.lost, what, 'hosts.lost'),
+      started: optionalCount('started'),
+      timedout: optionalCount('timedout'),
+      cancelled: optionalCount('cancelled'),
     };
-    if (counts.ok + counts.failed + counts.lost !== counts.total) {
-      badRecord(what, 'hosts', 'counts with ok + failed + lost = total', status.hosts);
+    if (counts.ok + counts.failed + counts.lost !== counts.total || counts.timedout + counts.cancelled > counts.failed || counts.started > counts.total) {
+      badRecord(what, 'hosts', 'counts with ok + failed + lost = total, timedout + cancelled <= failed and started <= total', status.hosts);
     }
     const startedAt = optionalNumber(status.startedAt, what, 'startedAt');
     const finishedAt = optionalNumber(status.finishedAt, what, 'finishedAt');
     const startSkewMs = optionalNumber(status.startSkewMs, what, 'startSkewMs');
+    const unreported = status.unreported ?? [];
+    if (!Array.isArray(unreported as unknown)) badRecord(what, 'unreported', 'an array', unreported);
+    const unreportedHosts = unreported.map((u, i) => {
+      requireObject(u, what, `unreported[${i}]`);
+      if (u.state !== 'timedout' && u.state !== 'lost') badRecord(what, `unreported[${i}].state`, 'timedout or lost', u.state);
+      return { host: requireName(u.host, what, `unreported[${i}].host`), state: u.state };
+    });
 
     const task = this.#taskKey(this.#runKey(runId), taskId);
     const stored = this.#stmt.taskState.get(task) as
-      | { state: TaskState; hosts_total: number; hosts_ok: number; hosts_failed: number; hosts_lost: number }
+      | { state: TaskState; hosts_total: number; hosts_ok: number; hosts_failed: number; hosts_lost: number; hosts_started: number; hosts_timedout: number; hosts_cancelled: number }
       | undefined;
     if (stored !== undefined && stored.state !== 'running') {
       const same =
@@ -848,7 +1081,10 @@ export class SinkStore {
         stored.hosts_total === counts.total &&
         stored.hosts_ok === counts.ok &&
         stored.hosts_failed === counts.failed &&
-        stored.hosts_lost === counts.lost;
+        stored.hosts_lost === counts.lost &&
+        stored.hosts_started === counts.started &&
+        stored.hosts_timedout === counts.timedout &&
+        stored.hosts_cancelled === counts.cancelled;
       if (same) return { duplicate: true };
       throw new BoltError(
         'BOLT_ERR_STORE_STATUS_CONFLICT',
@@ -856,19 +1092,17 @@ export class SinkStore {
         { details: { runId, taskId, stored: stored.state, refused: status.state } },
       );
     }
+    for (const u of unreportedHosts) this.#stmt.recordUnreported.run(task, this.#hostKey(u.host), u.state);
     const span = this.#stmt.hostResultSpan.get(task) as { first: number | null; last: number | null; end: number | null };
     const skew = span.first !== null && span.last !== null ? span.last - span.first : null;
-    this.#stmt.finishTask.run(
-      status.state,
-      counts.total,
-      counts.ok,
-      counts.failed,
-      counts.lost,
-      startedAt ?? span.first,
-      finishedAt ?? span.end,
-      startSkewMs ?? skew,
+    this.#stmt.finishTask.run({
+      state: status.state,
+      ...counts,
+      startedAt: startedAt ?? span.first,
+      finishedAt: finishedAt ?? span.end,
+      startSkewMs: startSkewMs ?? skew,
       task,
-    );
+    });
     return { duplicate: false };
   }
 }
@@ -921,10 +1155,49 @@ function taskFromRow(row: TaskRow): StoredTask {
     runId: row.run_id,
     taskId: row.task_id,
     state: row.state,
-    hosts: { total: row.hosts_total, ok: row.hosts_ok, failed: row.hosts_failed, lost: row.hosts_lost },
+    hosts: {
+      total: row.hosts_total,
+      started: row.hosts_started,
+      ok: row.hosts_ok,
+      failed: row.hosts_failed,
+      timedout: row.hosts_timedout,
+      cancelled: row.hosts_cancelled,
+      lost: row.hosts_lost,
+    },
     startedAt: row.started_at,
     finishedAt: row.finished_at,
     startSkewMs: row.start_skew_ms,
+    statusPublishedAt: row.status_published_at,
+  };
+}
+
+function dispatchFromRow(row: DispatchRow): DispatchRecord {
+  return {
+    runId: row.run_id,
+    taskId: row.task_id,
+    commandId: row.command_id,
+    targets: JSON.parse(row.targets) as DispatchRecord['targets'],
+    startAt: row.start_at,
+    timeoutMs: row.timeout_ms,
+    failure: JSON.parse(row.failure) as unknown,
+    dispatchedAt: row.dispatched_at,
+  };
+}
+
+/** A stored event as a record again; output tails are left out (an aggregator does not need them). */
+function eventFromRow(runId: string, taskId: string, row: EventRow): TaskEventRecord {
+  const payload = JSON.parse(row.payload) as { exitCode?: number; durationMs?: number; startedAt?: number; hostId?: string };
+  return {
+    id: row.message_id,
+    runId,
+    taskId,
+    host: row.host,
+    kind: row.kind,
+    at: row.at,
+    ...(payload.exitCode !== undefined && { exitCode: payload.exitCode }),
+    ...(payload.durationMs !== undefined && { durationMs: payload.durationMs }),
+    ...(payload.startedAt !== undefined && { startedAt: payload.startedAt }),
+    ...(payload.hostId !== undefined && { hostId: payload.hostId }),
   };
 }
 

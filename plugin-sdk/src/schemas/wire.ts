@@ -267,6 +267,8 @@ export interface TaskStatusMessage extends Envelope<'task.status'> {
   taskId: string;
   state: 'succeeded' | 'failed' | 'cancelled';
   hosts: TaskHostCounts;
+  /** Targets the health monitor declared lost before they reported (counted against maxFailedHosts). */
+  lost?: number;
 }
 
 /** Message type → message. */
@@ -445,6 +447,7 @@ export const WIRE_SCHEMAS: { readonly [T in MessageType]: object } = {
           cancelled: countSchema,
         },
       },
+      lost: countSchema,
     },
     ['runId', 'taskId', 'state', 'hosts'],
   ),

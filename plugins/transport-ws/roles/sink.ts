@@ -3,6 +3,7 @@
  * published on the bus for the sink's aggregator and writers. A sink in its own process also
  * connects to the server (role `sink`), tells it its ingest URL, and forwards `task.status`.
  */
+import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import type { PluginContext } from '../../../plugin-sdk/src/index.ts';
 import type { MetricsBatchMessage, TaskEventMessage, TaskStatusMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
@@ -17,6 +18,7 @@ import { agentUrl, type RunningRole, type TransportSettings } from './settings.t
 import { readFileSync } from 'node:fs';
 
 export const DEFAULT_SINK_PORT = 7701;
+const MAX_HELD_STATUSES = 10_000;
 
 /** Starts the sink's listener and /ingest; `standalone` when no server runs in this process. */
 export async function startSinkRole(ctx: PluginContext<TransportSettings>, identity: Identity, trust: TrustStore, standalone: boolean): Promise<RunningRole & { port: number; secure: boolean }> {
@@ -58,6 +60,7 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
   let upstream: WireClient | null = null;
   let sampler: HealthSampler | null = null;
   let disposeStatus: (() => void) | null = null;
+  let flushHeld = () => {};
   if (standalone && options.server) {
     const advertised = `${listener.secure ? 'wss' : 'ws'}://${options.listen && options.listen !== '0.0.0.0' && options.listen !== '::' ? options.listen : os.hostname()}:${listener.port}/ingest`;
     sampler = new HealthSampler({ dataDir: ctx.dataDir, clockOffsetMs: () => upstream?.offsetMs ?? 0 });
@@ -74,18 +77,28 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
       ...(options.tlsCa !== undefined && { ca: readFileSync(options.tlsCa) }),
       health: () => health.sample(),
       log,
-      onConnected: () => log.info({ server: options.server, advertised }, 'sink connected to the server'),
+      onConnected: () => {
+        log.info({ server: options.server, advertised }, 'sink connected to the server');
+        flushHeld();
+      },
       onRefused: (code) => {
         if (code === 'BOLT_ERR_WIRE_PEER_NOT_ACCEPTED') log.warn({ fingerprint: identity.fingerprint }, `waiting for the server to accept this sink: bolt-core keys accept ${identity.fingerprint} --role sink`);
       },
     });
+    // Statuses wait here while the server is away, and go first once it is back: the scheduler
+    // moves on only when it hears them.
+    const held: TaskStatusMessage[] = [];
+    const flush = () => {
+      while (held.length > 0 && link.send(held[0]!)) held.shift();
+    };
+    const link: WireClient = upstream;
     upstream.start();
-    const link = upstream;
     disposeStatus = bus.subscribe('task.status', (data) => {
-      if (!link.send({ v: 1, type: 'task.status', id: crypto.randomUUID(), ...(data as Omit<TaskStatusMessage, 'v' | 'type' | 'id'>) })) {
-        log.warn({ status: data }, 'task.status not delivered: the server is not connected');
-      }
+      held.push({ v: 1, type: 'task.status', id: randomUUID(), ...(data as Omit<TaskStatusMessage, 'v' | 'type' | 'id'>) });
+      if (held.length > MAX_HELD_STATUSES) log.error({ dropped: held.shift() }, `more than ${MAX_HELD_STATUSES} task statuses wait for the server; dropped the oldest`);
+      flush();
     });
+    flushHeld = flush;
   }
   log.info({ url: listener.url(), ingest: listener.wsUrl('/ingest') }, `sink listening on ${listener.url()}`);
   return {

@@ -123,7 +123,7 @@ describe('writer-sqlite SinkStore', () => {
     it('runs each migration once: reopening leaves schema_version untouched', () => {
       open();
       const before = dump(file).filter((line) => line.startsWith('schema_version '));
-      expect(before).to.have.length(1);
+      expect(before).to.have.length(SCHEMA_VERSION);
       reopen();
       reopen();
       expect(dump(file).filter((line) => line.startsWith('schema_version '))).to.deep.equal(before);
@@ -299,7 +299,7 @@ describe('writer-sqlite SinkStore', () => {
       const status = { runId: 'run-1', taskId: 'hammer', state: 'failed' as const, hosts: { total: 3, ok: 1, failed: 1, lost: 1 } };
       expect(s.commitTaskStatus(status)).to.deep.equal({ duplicate: false });
       const task = s.getTask('run-1', 'hammer')!;
-      expect(task).to.deep.include({ state: 'failed', hosts: { total: 3, ok: 1, failed: 1, lost: 1 }, startedAt: 100.0, finishedAt: 250.4 });
+      expect(task).to.deep.include({ state: 'failed', hosts: { total: 3, started: 0, ok: 1, failed: 1, timedout: 0, cancelled: 0, lost: 1 }, startedAt: 100.0, finishedAt: 250.4 });
       expect(task.startSkewMs).to.be.closeTo(1.5, 1e-9);
 
       expect(s.commitTaskStatus(status)).to.deep.equal({ duplicate: true });
@@ -336,7 +336,7 @@ describe('writer-sqlite SinkStore', () => {
       expect(statSync(`${file}-wal`).size).to.be.greaterThan(0);
 
       const s = open();
-      expect(s.getTask('run-crash', 'hammer')).to.deep.include({ state: 'succeeded', hosts: { total: 2, ok: 2, failed: 0, lost: 0 }, startedAt: 2_000, startSkewMs: 1 });
+      expect(s.getTask('run-crash', 'hammer')).to.deep.include({ state: 'succeeded', hosts: { total: 2, started: 0, ok: 2, failed: 0, timedout: 0, cancelled: 0, lost: 0 }, startedAt: 2_000, startSkewMs: 1 });
       expect(s.listHostResults('run-crash').map((r) => [r.host, r.state])).to.deep.equal([
         ['h1', 'finished'],
         ['h2', 'finished'],

@@ -1,0 +1,216 @@
+/**
+ * writer-sqlite: the sink's storage plugin. Owns `<dataDir>/sink.sqlite` (a SinkStore), stores
+ * what reaches the sink's bus and answers the sink's queries (see README.md, "Plugin").
+ *
+ * Subscribes `sink.task.event` and `sink.metrics.batch` (group commit, idempotent by message id),
+ * `run.updated` and `run.task.dispatched`. Provides `sink.store.commitTaskStatus` (durable),
+ * `sink.store.markPublished`, `sink.store.pending`, `sink.runs`, `sink.run`, `sink.metrics` and
+ * `sink.store.stats`. Every service but the last first stores the queued messages, so a query sees
+ * everything received before it.
+ */
+import path from 'node:path';
+import { BoltError, defineWriter, type PluginContext } from 'bolt-plugin-sdk';
+import { IngestQueue, type IngestSettings } from './ingest.ts';
+import {
+  commitRecord,
+  statusOfTask,
+  type CommitTaskStatusRequest,
+  type CommitTaskStatusResponse,
+  type MetricsView,
+  type PendingResponse,
+  type RunsView,
+  type RunView,
+} from './services.ts';
+import { DEFAULT_STORE_FILENAME, SinkStore, type DispatchRecord, type RunRecord, type SampleInput, type TaskEventRecord } from './store.ts';
+
+interface Config extends IngestSettings {
+  busyTimeoutMs: number;
+  cacheSizeMb: number;
+}
+
+interface Running {
+  store: SinkStore;
+  queue: IngestQueue;
+  statsTimer: NodeJS.Timeout;
+}
+
+let running: Running | null = null;
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function badRequest(service: string, expected: string): never {
+  throw new BoltError('BOLT_ERR_STORE_BAD_RECORD', `${service} takes ${expected}`, { details: { record: service, field: '' } });
+}
+
+function optionalNumber(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+/** The run record of a `run.updated` message; the scheduler's run may name fields a little differently. */
+function runRecord(store: SinkStore, run: Record<string, unknown>): RunRecord {
+  const id = (run.id ?? run.runId) as string;
+  const job = run.job;
+  const jobName = run.jobName ?? run.name ?? (isObject(job) ? job.name : undefined);
+  return {
+    id,
+    jobName: typeof jobName === 'string' && jobName !== '' ? jobName : null,
+    ...(job !== undefined && { job }),
+    state: run.state as string,
+    createdAt: optionalNumber(run.createdAt) ?? store.getRun(id)?.createdAt ?? Date.now(),
+    startedAt: optionalNumber(run.startedAt) ?? null,
+    finishedAt: optionalNumber(run.finishedAt) ?? null,
+  };
+}
+
+function commit(store: SinkStore, queue: IngestQueue, data: unknown): CommitTaskStatusResponse {
+  if (!isObject(data)) badRequest('sink.store.commitTaskStatus', '{ runId, taskId, state, hosts, lost? }');
+  const req = data as unknown as CommitTaskStatusRequest;
+  // The events received before the status are stored first, and made durable with it.
+  queue.flush(true);
+  let outcome: CommitTaskStatusResponse['outcome'];
+  try {
+    outcome = store.commitTaskStatus(commitRecord(req)).duplicate ? 'duplicate' : 'committed';
+  } catch (err) {
+    if (!(err instanceof BoltError) || err.code !== 'BOLT_ERR_STORE_STATUS_CONFLICT') throw err;
+    outcome = 'conflict';
+  }
+  const task = store.getTask(req.runId, req.taskId)!;
+  return { status: statusOfTask(task), outcome, publishedAt: task.statusPublishedAt };
+}
+
+function runView(store: SinkStore, runId: string): RunView | null {
+  const run = store.getRun(runId);
+  if (run === undefined) return null;
+  const results = store.listHostResults(runId);
+  const tasks = store.listTasks(runId).map((task) => {
+    const latest = store.listDispatches(runId, task.taskId).at(-1);
+    let dispatch = null;
+    if (latest !== undefined) {
+      const { runId: _r, taskId: _t, ...rest } = latest;
+      dispatch = rest;
+    }
+    return { ...task, dispatch, results: results.filter((r) => r.taskId === task.taskId) };
+  });
+  return { run, tasks };
+}
+
+function metricsView(store: SinkStore, data: unknown): MetricsView {
+  if (!isObject(data) || typeof data.runId !== 'string') badRequest('sink.metrics', '{ runId, metric?, host?, taskId?, from?, to? }');
+  const { runId, metric, host, taskId, from, to } = data;
+  const metrics = typeof metric === 'string' ? [metric] : store.listMetrics(runId);
+  return metrics.flatMap((name) =>
+    store
+      .querySamples({
+        runId,
+        metric: name,
+        ...(typeof host === 'string' && { host }),
+        ...(typeof taskId === 'string' && { taskId }),
+        ...(optionalNumber(from) !== undefined && { from: from as number }),
+        ...(optionalNumber(to) !== undefined && { to: to as number }),
+      })
+      .map((series) => ({ metric: name, ...series })),
+  );
+}
+
+function subscribe(ctx: PluginContext<Config>, store: SinkStore, queue: IngestQueue): void {
+  const { bus, log } = ctx;
+  bus.subscribe('sink.task.event', (data) => {
+    if (!isObject(data) || typeof data.id !== 'string') return void log.warn({ data }, 'sink.task.event without an id dropped');
+    queue.addEvent(data as unknown as TaskEventRecord);
+  });
+  bus.subscribe('sink.metrics.batch', (data) => {
+    if (!isObject(data) || typeof data.id !== 'string' || !Array.isArray(data.samples)) {
+      return void log.warn({ id: isObject(data) ? data.id : undefined }, 'sink.metrics.batch without an id or samples dropped');
+    }
+    const runId = typeof data.runId === 'string' ? data.runId : undefined;
+    const samples = (data.samples as SampleInput[]).map((s) => (runId === undefined ? s : { ...s, runId }));
+    queue.addBatch({ batchId: data.id, host: data.host as string, samples });
+  });
+  // Runs and dispatches are rare: stored at once, each in its own transaction.
+  bus.subscribe('run.updated', (data) => {
+    const run = isObject(data) ? data.run : undefined;
+    if (!isObject(run)) return void log.warn('run.updated without a run dropped');
+    try {
+      store.upsertRun(runRecord(store, run));
+    } catch (err) {
+      log.warn({ code: (err as BoltError).code, err: String(err) }, 'run.updated not stored');
+    }
+  });
+  bus.subscribe('run.task.dispatched', (data) => {
+    try {
+      const duplicate = store.recordDispatch(data as DispatchRecord).duplicate;
+      if (duplicate) log.debug({ commandId: (data as DispatchRecord).commandId }, 'dispatch already stored');
+    } catch (err) {
+      log.warn({ code: (err as BoltError).code, err: String(err) }, 'run.task.dispatched not stored');
+    }
+  });
+}
+
+function provide(ctx: PluginContext<Config>, store: SinkStore, queue: IngestQueue): void {
+  const { bus } = ctx;
+  bus.provide('sink.store.commitTaskStatus', (data) => commit(store, queue, data));
+  bus.provide('sink.store.markPublished', (data) => {
+    if (!isObject(data) || typeof data.runId !== 'string' || typeof data.taskId !== 'string') badRequest('sink.store.markPublished', '{ runId, taskId, at? }');
+    return store.markStatusPublished(data.runId, data.taskId, optionalNumber(data.at) ?? Date.now());
+  });
+  bus.provide('sink.store.pending', (data): PendingResponse => {
+    queue.flush(true);
+    const eventsSince = isObject(data) ? optionalNumber(data.eventsSince) : undefined;
+    return {
+      tasks: store.listPendingTasks(eventsSince === undefined ? {} : { eventsSince }),
+      unpublished: store.listUnpublishedTasks().map(statusOfTask),
+    };
+  });
+  bus.provide('sink.runs', (data): RunsView => {
+    queue.flush(true);
+    const filter = isObject(data) ? data : {};
+    return store.listRuns({
+      ...(typeof filter.state === 'string' && { state: filter.state }),
+      ...(typeof filter.job === 'string' && { job: filter.job }),
+      ...(optionalNumber(filter.limit) !== undefined && { limit: filter.limit as number }),
+    });
+  });
+  bus.provide('sink.run', (data): RunView | null => {
+    if (!isObject(data) || typeof data.runId !== 'string') badRequest('sink.run', '{ runId }');
+    queue.flush(true);
+    return runView(store, data.runId);
+  });
+  bus.provide('sink.metrics', (data): MetricsView => {
+    queue.flush(true);
+    return metricsView(store, data);
+  });
+  bus.provide('sink.store.stats', () => ({ ...queue.stats, pending: queue.pending, file: store.file }));
+}
+
+export default defineWriter<Config>({
+  start(ctx) {
+    const { config, log } = ctx;
+    const file = path.join(ctx.dataDir, DEFAULT_STORE_FILENAME);
+    const store = new SinkStore(file, { busyTimeoutMs: config.busyTimeoutMs, cacheSizeMb: config.cacheSizeMb });
+    const queue = new IngestQueue(store, config, log);
+    subscribe(ctx, store, queue);
+    provide(ctx, store, queue);
+    let reported = { ...queue.stats };
+    const statsTimer = setInterval(() => {
+      const now = queue.stats;
+      if (now.flushes === reported.flushes && now.dropped === reported.dropped) return;
+      log.debug({ ...now, pending: queue.pending }, 'sink store ingest');
+      reported = { ...now };
+    }, 60_000);
+    statsTimer.unref();
+    running = { store, queue, statsTimer };
+    log.info({ file, schemaVersion: store.schemaVersion, flushIntervalMs: config.flushIntervalMs }, 'sink store open');
+  },
+  stop(ctx) {
+    if (running === null) return;
+    const { store, queue, statsTimer } = running;
+    running = null;
+    clearInterval(statsTimer);
+    queue.close();
+    if (queue.pending > 0) ctx.log.error({ pending: queue.pending }, 'sink store closed with messages not stored');
+    ctx.log.info({ ...queue.stats }, 'sink store closed');
+    store.close();
+  },
+});
