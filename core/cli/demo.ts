@@ -117,7 +117,9 @@ export const demoCommand: Command = {
       }, children);
 
       const started = performance.now();
-      const runId = await submitRun(api, job, text, {});
+      const submitted = await submitRun(api, job, text, {});
+      if ('scheduleId' in submitted) throw usageError(`${job} has a schedule: the demo runs a job once; remove 'schedule:' or use 'bolt-core run'`, demoCommand);
+      const { runId } = submitted;
       say(`demo: run ${runId} of ${path.relative(process.cwd(), job) || job}`);
       const progress = progressReporter(!values['no-progress']);
       const run = await followRun(api, runId, (r) => progress.update(r)).finally(() => progress.stop());

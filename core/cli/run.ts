@@ -27,13 +27,20 @@ export const SERVER_OPTIONS = {
   'tls-ca': { type: 'string' },
 } as const;
 
-/** Submits a job; an invalid job prints its issues and throws an exit-2 error. */
-export async function submitRun(api: ServerApi, file: string, text: string, vars: Record<string, string>): Promise<string> {
+/** What the server answers to a job with a `schedule:`: it registers a trigger instead of starting a run. */
+export interface ScheduledJob {
+  scheduleId: string;
+  job: string;
+  schedule: string;
+  nextRunAt: number | null;
+}
+
+/** Submits a job: the new run's id, or the schedule it registered. An invalid job prints its issues and throws an exit-2 error. */
+export async function submitRun(api: ServerApi, file: string, text: string, vars: Record<string, string>): Promise<{ runId: string } | ScheduledJob> {
   const query = new URLSearchParams({ file: path.basename(file) });
   for (const [k, v] of Object.entries(vars)) query.append('var', `${k}=${v}`);
   try {
-    const { runId } = await api.post<{ runId: string }>(`/api/runs?${query}`, text, /\.json$/i.test(file) ? 'application/json' : 'application/yaml');
-    return runId;
+    return await api.post<{ runId: string } | ScheduledJob>(`/api/runs?${query}`, text, /\.json$/i.test(file) ? 'application/json' : 'application/yaml');
   } catch (err) {
     if (err instanceof ApiError && Array.isArray(err.details?.issues)) {
       for (const issue of err.details.issues as JobIssue[]) process.stderr.write(`${formatJobIssue({ ...issue, file })}\n`);
@@ -115,7 +122,13 @@ export const runCommand: Command = {
     const vars = parsePairs((values.var as string[] | undefined) ?? [], 'var', runCommand);
     const api = await serverFromFlags(values, runCommand);
     const started = performance.now();
-    const runId = await submitRun(api, file, text, vars);
+    const submitted = await submitRun(api, file, text, vars);
+    if ('scheduleId' in submitted) {
+      const next = submitted.nextRunAt ? new Date(submitted.nextRunAt).toISOString() : 'unknown';
+      process.stdout.write(values.json ? `${JSON.stringify(submitted)}\n` : `job '${submitted.job}' scheduled (${submitted.schedule}); next run ${next}. 'bolt-core runs' lists its runs.\n`);
+      return 0;
+    }
+    const { runId } = submitted;
     const progress = progressReporter(!values['no-progress'] && !values.json);
     if (!values.json) process.stderr.write(`run ${runId} started on ${api.url}\n`);
     let interrupts = 0;

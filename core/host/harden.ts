@@ -4,6 +4,7 @@
  * (MEASURED.md, section 3). What cannot be blocked here (a plugin that spawns `kill -9` through
  * child_process, or its own Worker) is why untrusted plugins run with `isolation: "process"`.
  */
+import { readFileSync } from 'node:fs';
 import { BoltError } from '../../plugin-sdk/src/errors.ts';
 
 function denied(what: string): () => never {
@@ -24,14 +25,24 @@ function lock(target: object, key: string, value: unknown): void {
  */
 export function hardenProcess(): void {
   const ownPids = new Set([process.pid, process.ppid]);
-  const realKill = process.kill.bind(process);
+  const ownGroup = processGroup();
+  // process.kill() calls process._kill(); both get the same check, over the real _kill.
+  const realInternalKill = (process as unknown as { _kill: (pid: number, signal: number) => number })._kill.bind(process);
+  const allowed = (pid: number) => {
+    // pid 0 is our own group, -1 every process we may signal, -G the group G.
+    if (ownPids.has(pid) || pid === 0 || pid === -1 || (pid < 0 && -pid === ownGroup)) denied(`process.kill(${pid})`)();
+  };
+  const realKill = process.kill;
   lock(process, 'abort', denied('process.abort()'));
   lock(process, 'chdir', denied('process.chdir()'));
-  lock(process, 'kill', (pid: number, signal?: string | number) => {
-    if (ownPids.has(pid) || pid <= 0) denied(`process.kill(${pid})`)();
-    return realKill(pid, signal);
+  lock(process, '_kill', (pid: number, signal: number) => {
+    allowed(pid);
+    return realInternalKill(pid, signal);
   });
-  lock(process, '_kill', denied('process._kill()'));
+  lock(process, 'kill', (pid: number, signal?: string | number) => {
+    allowed(pid);
+    return realKill.call(process, pid, signal);
+  });
   const env = Object.freeze({ ...process.env });
   lock(process, 'env', new Proxy(env, {
     set: denied('writing process.env'),
@@ -40,3 +51,14 @@ export function hardenProcess(): void {
   }));
 }
 
+/** This process's group id (field 5 of /proc/self/stat), or null where procfs is missing. */
+function processGroup(): number | null {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[2]);
+  } catch {
+    return null;
+  }
+}

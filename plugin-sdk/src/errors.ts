@@ -57,6 +57,12 @@ export const ERROR_CODES = {
   BOLT_ERR_JOB_TEMPLATE: 'A {{ ... }} template cannot be resolved: an undefined var, an unknown group or host index, a host template outside a task\'s with:, or an unsupported expression.',
   BOLT_ERR_JOB_BAD_VAR: 'A --var NAME=VALUE given on the command line is malformed or does not fit the type the job file gives that var.',
   BOLT_ERR_RUN_NOT_FOUND: 'No run has this id on this server; `bolt-core runs` lists them.',
+  BOLT_ERR_JOB_INVALID: 'The job file has problems, so no run was started; details.issues lists each with its file, line, column and code. Hint: `bolt-core validate JOB` prints them.',
+  BOLT_ERR_RUN_NO_HOSTS: 'A group of the job matched fewer connected, accepted client hosts than it needs (none, or fewer than its count); the message names the group and its labels. Hint: `bolt-core hosts` lists the hosts and their labels.',
+  BOLT_ERR_RUN_UNHEALTHY: 'The health gate (require.healthy) refused to start the run: too few of the targeted hosts are healthy; the message names the others and their states. Hint: `bolt-core hosts` shows why, or lower require.healthy.',
+  BOLT_ERR_RUN_DISPATCH_FAILED: 'The scheduler could not hand a task to the transport, or the transport reached none of its target hosts; the task failed without running. Check that the server\'s transport plugin is running and the hosts are connected.',
+  BOLT_ERR_RUN_SCHEDULE_NOT_FOUND: 'No job schedule has this id (or job name) on this server; `scheduler.schedules.list` lists them.',
+  BOLT_ERR_RUN_STORE_FAILED: 'The scheduler could not open or write its run database (scheduler.sqlite in its data directory): unwritable directory, disk full, or a file that is not its database. The message names the file.',
   // --- wire (transport, identity, trust)
   BOLT_ERR_WIRE_KEY_UNKNOWN: 'No key in the trust list has that fingerprint (or prefix) and role; list the keys with `bolt-core keys list` and copy the fingerprint.',
   BOLT_ERR_WIRE_KEY_AMBIGUOUS: 'The fingerprint prefix is shorter than 8 characters or matches more than one key (or one key in both roles); give more characters of the fingerprint, or the role.',
@@ -89,6 +95,8 @@ export const ERROR_CODES = {
   BOLT_ERR_WIRE_REPLAY_GUARD_IO: 'The replay guard could not read or durably write its file in the data directory; commands are refused because they could not be recorded.',
   BOLT_ERR_WIRE_PINS_CORRUPT: 'pins.json in the client\'s data directory is not valid JSON or not a map of origin to { server, sink } keys; it was left untouched and nothing is trusted. Fix or remove it (removing it trusts the next key the server presents).',
   BOLT_ERR_WIRE_PINS_IO: 'pins.json could not be read or durably written (disk full, permissions); the key is not trusted until it is pinned. Check the data directory.',
+  BOLT_ERR_WIRE_OUTBOX_FULL: 'The client\'s outbox holds its maximum of messages the sink has not taken (the sink is down or unreachable for long); new task events and metrics are refused until it drains. Bring the sink back or check the client\'s route to it.',
+  BOLT_ERR_WIRE_OUTBOX_IO: 'The client\'s outbox could not write or read its files under the data directory (disk full, permissions); messages are held in memory only and would not survive a restart. Check the data directory.',
   // --- metrics (collectors, sink)
   BOLT_ERR_STORE_OPEN_FAILED: 'The sink store could not open its SQLite file (unwritable directory, a file that is not a SQLite database or not a Bolt sink store); the message names the file. Check the sink data directory, its permissions and the --data path.',
   BOLT_ERR_STORE_SCHEMA_TOO_NEW: 'The sink store file was written by a newer Bolt (its schema version is higher than this sink knows); upgrade the sink or point it at another data directory.',

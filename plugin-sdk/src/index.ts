@@ -7,6 +7,7 @@
  */
 export * from './schemas/index.ts';
 export * from './errors.ts';
+export * from './action.ts';
 
 /** Undoes what a `subscribe` or `provide` call did. Calling it twice is harmless. */
 export type Disposer = () => void;
@@ -129,9 +130,9 @@ export function definePlugin<Config = Record<string, unknown>>(plugin: Plugin<Co
 }
 
 /**
- * An action runs one task on a client host (kind `action`). It provides the bus service
- * `action.<name>`; the dispatch it receives and the events it reports are defined by the jobs
- * contract (`task.dispatch`, `task.event` in the wire schemas).
+ * An action runs one task on a client host (kind `action`). Its `start(ctx)` usually calls
+ * `serveAction(ctx, name, run)`, which takes the verified dispatches for that action name, waits
+ * for the start instant and reports `task.event`s to the sink.
  */
 export function defineAction<Config = Record<string, unknown>>(plugin: Plugin<Config>): Plugin<Config> {
   return plugin;

@@ -4,7 +4,7 @@
  * offsets and of the wait alone.
  */
 import type { ErrorCode } from '../../plugin-sdk/src/errors.ts';
-import { waitUntil } from '../action-shell/precise-wait.ts';
+import { waitUntil } from '../../plugin-sdk/src/precise-wait.ts';
 
 export interface MarkResult {
   outcome: 'finished' | 'cancelled';

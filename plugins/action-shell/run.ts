@@ -131,8 +131,8 @@ export class TailBuffer {
   }
 }
 
-/** Why a spec cannot run, or null when it can. */
-function specProblem(spec: ShellSpec): string | null {
+/** Why a shell task's `with` cannot run (naming the field), or null when it can. */
+export function specProblem(spec: ShellSpec): string | null {
   if (spec === null || typeof spec !== 'object') return 'with: must be an object with run or argv';
   const hasRun = spec.run !== undefined;
   const hasArgv = spec.argv !== undefined;

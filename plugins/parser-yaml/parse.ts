@@ -18,18 +18,10 @@ import {
   DEFAULT_METRICS, NAME_PATTERN, RESERVED_NAMES, jobSchema, parseDuration,
   type HostShare, type JobSpec, type MetricsSpec, type NormalizedJob, type NormalizedMetrics, type NormalizedTask,
 } from '../../plugin-sdk/src/schemas/job.ts';
+import type { JobIssue } from './issues.ts';
 import { escapeTemplateText, scanTemplates, type TemplateExpr } from './template.ts';
 
-/** One problem in a job file. `line` and `column` are 1-based; both are 0 for a problem outside the file (a --var). */
-export interface JobIssue {
-  code: ErrorCode;
-  message: string;
-  file: string;
-  line: number;
-  column: number;
-  /** JSON pointer to the value concerned, such as `/tasks/1/needs/0` (`''` for the whole job). */
-  path: string;
-}
+export { formatIssue, type JobIssue } from './issues.ts';
 
 export interface ParseResult {
   /** Present exactly when `issues` is empty. */
@@ -955,10 +947,4 @@ export function parseJob(text: string, opts: ParseOptions): ParseResult {
   const job = checkSemantics(s, root as JobSpec, hostRefs, opts, vars);
   if (s.issues.length > 0 || !job) return result();
   return { job, issues: [] };
-}
-
-/** One line: `FILE:LINE:COLUMN: CODE: message` (or `FILE: CODE: message` for a problem outside the file). */
-export function formatIssue(i: JobIssue): string {
-  const where = i.line > 0 ? `${i.file}:${i.line}:${i.column}` : i.file;
-  return `${where}: ${i.code}: ${i.message.replace(/\s*\r?\n\s*/g, ' ')}`;
 }

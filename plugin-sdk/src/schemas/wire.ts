@@ -53,7 +53,7 @@ export type MessageType = (typeof MESSAGE_TYPES)[number];
 /** Message and command ids: short, printable, no whitespace (they are written to files). */
 const idSchema = { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9][A-Za-z0-9_.:-]*$' } as const;
 /** Names such as run, task and action ids. */
-const nameSchema = { type: 'string', minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9][A-Za-z0-9_.:/-]*$' } as const;
+const nameSchema = { type: 'string', minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$' } as const;
 /** Standard base64 of exactly 32 bytes: Ed25519 and X25519 public keys, nonces. */
 const bytes32Schema = { type: 'string', minLength: 44, maxLength: 44, pattern: '^[A-Za-z0-9+/]{43}=$' } as const;
 /** Standard base64 of exactly 64 bytes: Ed25519 signatures. */

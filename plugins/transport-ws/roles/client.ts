@@ -5,10 +5,12 @@
  */
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import type { PluginContext } from '../../../plugin-sdk/src/index.ts';
 import type { MetricsBatchMessage, TaskEventMessage, WelcomeMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
 import { WireClient } from '../client/connection.ts';
 import { HealthSampler } from '../client/health-record.ts';
+import { Outbox } from '../client/outbox.ts';
 import { PinStore } from '../client/pins.ts';
 import { gatherFacts } from '../facts.ts';
 import { localClock, type Identity } from '../protocol/index.ts';
@@ -25,6 +27,8 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
   const host = options.name ?? os.hostname();
   const facts = await gatherFacts();
   const sampler = new HealthSampler({ dataDir: ctx.dataDir, clockOffsetMs: () => agent.offsetMs });
+  // Everything for the sink goes through the outbox: sent while a sink session is up, kept on disk otherwise.
+  const outbox = Outbox.open({ dir: path.join(ctx.dataDir, 'outbox'), log });
   let sink: WireClient | null = null;
 
   /** Follows the sink the server names: a new URL or key replaces the connection. */
@@ -36,7 +40,8 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
       sink = null;
     }
     if (!target || sink) return;
-    sink = new WireClient({
+    let detachOutbox: (() => void) | null = null;
+    const link: WireClient = new WireClient({
       url: target.url,
       identity,
       host,
@@ -48,8 +53,16 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
       ...(ca && { ca }),
       clock,
       log,
+      onConnected: () => {
+        detachOutbox = outbox.attach((message) => link.send(message));
+      },
+      onDisconnected: () => {
+        detachOutbox?.();
+        detachOutbox = null;
+      },
     });
-    sink.start();
+    sink = link;
+    link.start();
   }
 
   const agent: WireClient = new WireClient({
@@ -95,10 +108,12 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
       sink: sink && { url: sink.url, connected: sink.connected, counters: sink.counters },
       offsetMs: agent.offsetMs,
     })),
-    bus.provide('client.send', (data) => {
+    // Resolves true once the message is on disk (or already sent); refused with BOLT_ERR_WIRE_OUTBOX_FULL when the outbox is full.
+    bus.provide('client.send', async (data) => {
       const message = data as TaskEventMessage | MetricsBatchMessage;
       if (!STREAM_TYPES.has(message?.type)) throw new TypeError('client.send carries task.event or metrics.batch messages');
-      return sink?.send(message) ?? false;
+      await outbox.push(message);
+      return true;
     }),
   ];
 
@@ -106,6 +121,7 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
     async close() {
       for (const dispose of disposers) dispose();
       await Promise.all([agent.close(), sink?.close()]);
+      await outbox.close();
       sampler.close();
     },
   };

@@ -26,7 +26,10 @@ export interface HostRecord {
   connectedAt: number;
 }
 
+const COMMAND_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+
 interface DispatchRequest {
+  commandId?: string;
   runId: string;
   taskId: string;
   action: string;
@@ -214,7 +217,9 @@ export async function startServerRole(ctx: PluginContext<TransportSettings>, ide
       const body: Omit<TaskDispatchMessage, 'sig'> = {
         v: WIRE_VERSION,
         type: 'task.dispatch',
-        id: randomUUID(),
+        // The scheduler names the command, so a dispatch re-sent after its restart is the same
+        // command to the clients' replay guards.
+        id: typeof req.commandId === 'string' && COMMAND_ID.test(req.commandId) ? req.commandId : randomUUID(),
         runId: req.runId,
         taskId: req.taskId,
         action: req.action,

@@ -18,7 +18,7 @@ import { createServer as createHttpServer, type IncomingHttpHeaders, type Incomi
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { BoltError, toErrorInfo } from '../../../plugin-sdk/src/errors.ts';
+import { BoltError, toErrorInfo, type ErrorInfo } from '../../../plugin-sdk/src/errors.ts';
 import { syncDirectory } from '../protocol/identity.ts';
 import { MAX_REQUEST_HEADERS } from './endpoint.ts';
 
@@ -183,7 +183,7 @@ export class Listener {
     try {
       reply(res, 200, await handler(request), false);
     } catch (err) {
-      const info = toErrorInfo(err);
+      const info = handlerFailure(toErrorInfo(err));
       reply(res, statusFor(info.code), apiError(info.code, info.message, info.details), false);
       if (!(err instanceof BoltError)) this.#opts.onError?.(err, request);
     }
@@ -242,6 +242,15 @@ class Router {
     }
     return { params: {}, pathKnown };
   }
+}
+
+/**
+ * A plugin's coded error reaches the route wrapped in BOLT_ERR_BUS_HANDLER_FAILED (the bus says
+ * where it failed); the caller wants the plugin's own code, message and details.
+ */
+function handlerFailure(info: ErrorInfo): ErrorInfo {
+  const cause = info.cause;
+  return info.code === 'BOLT_ERR_BUS_HANDLER_FAILED' && cause && /^BOLT_ERR_/.test(cause.code) ? cause : info;
 }
 
 /**

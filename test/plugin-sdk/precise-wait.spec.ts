@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { performance } from 'node:perf_hooks';
-import { waitUntil } from '../precise-wait.ts';
+import { waitUntil } from '../../plugin-sdk/src/precise-wait.ts';
 
 /** A server clock running offsetMs() ahead of this host's clock, with sub-millisecond resolution. */
 function serverClock(offsetMs: () => number): () => number {
@@ -11,7 +11,7 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
 }
 
-describe('action-shell waitUntil', function () {
+describe('sdk waitUntil', function () {
   this.timeout(15_000);
 
   it('200 waits on a clock offset by ±1 s end at the target: never early, p50 lateness under 0.1 ms, p90 under 5 ms', async () => {

@@ -13,7 +13,7 @@
  * wait can prevent on an overloaded machine. A timer-only loop gets p50 about 0.3 ms, and a single
  * setTimeout aimed at the instant fires up to 1.9 ms early.
  */
-import { BoltError } from '../../plugin-sdk/src/errors.ts';
+import { BoltError } from './errors.ts';
 
 /** What a finished wait reports. */
 export interface WaitResult {
