@@ -4,8 +4,10 @@ import { formatTable } from './table.ts';
 export interface HostResult {
   host: string;
   hostId?: string;
-  /** Last event kind: started, finished, failed, timedout, cancelled (or lost). */
+  /** running, finished, failed, timedout, cancelled or lost. */
   state: string;
+  /** Which attempt of the task (retries are new attempts on the hosts that failed). */
+  attempt?: number;
   exitCode?: number | null;
   /** When the action actually started, on the server's clock. */
   startedAt?: number | null;
@@ -15,17 +17,18 @@ export interface HostResult {
 }
 
 export interface TaskView {
-  id: string;
+  taskId: string;
   action: string;
   state: string;
   targets?: { id: string; name: string }[];
-  hosts?: { total: number; started: number; finished: number; failed: number; timedout: number; cancelled: number } | null;
-  lost?: number;
+  /** Counts from the sink's final status (over all attempts); null before it. */
+  hosts?: { total: number; started: number; finished: number; failed: number; timedout: number; cancelled: number; lost?: number } | null;
   startAt?: number | null;
   dispatchedAt?: number | null;
   endedAt?: number | null;
-  attempts?: number;
+  attempts?: unknown[];
   results?: HostResult[];
+  reason?: string;
 }
 
 export interface RunView {
@@ -48,14 +51,20 @@ export function startSkewMs(task: TaskView): number | null {
   return Math.max(...starts) - Math.min(...starts);
 }
 
+/** Per-host outcome counts: from the final status when there is one, else from the live per-host rows (latest attempt per host). */
 export function hostCounts(task: TaskView): { ok: number; failed: number; lost: number; total: number; running: number } {
-  const total = task.hosts?.total ?? task.targets?.length ?? 0;
-  const results = task.results ?? [];
-  const ok = task.hosts?.finished ?? results.filter((r) => r.state === 'finished').length;
-  const lost = task.lost ?? results.filter((r) => r.state === 'lost').length;
-  const failed = task.hosts ? task.hosts.failed + task.hosts.timedout : results.filter((r) => r.state === 'failed' || r.state === 'timedout').length;
-  const running = results.filter((r) => r.state === 'started').length;
-  return { ok, failed, lost, total, running };
+  const total = task.targets?.length ?? task.hosts?.total ?? 0;
+  const latest = new Map<string, HostResult>();
+  for (const r of task.results ?? []) {
+    const seen = latest.get(r.host);
+    if (!seen || (r.attempt ?? 0) >= (seen.attempt ?? 0)) latest.set(r.host, r);
+  }
+  const rows = [...latest.values()];
+  const count = (...states: string[]) => rows.filter((r) => states.includes(r.state)).length;
+  if (task.hosts) {
+    return { ok: task.hosts.finished, failed: task.hosts.failed + task.hosts.timedout, lost: task.hosts.lost ?? 0, total, running: 0 };
+  }
+  return { ok: count('finished'), failed: count('failed', 'timedout'), lost: count('lost'), total, running: count('running') };
 }
 
 export function formatDuration(ms: number | null | undefined): string {
@@ -75,7 +84,7 @@ export function taskTable(run: RunView): string {
   const rows = run.tasks.map((t) => {
     const c = hostCounts(t);
     const duration = t.endedAt && (t.startAt ?? t.dispatchedAt) ? t.endedAt - (t.startAt ?? t.dispatchedAt)! : null;
-    return [t.id, t.action, t.state, `${c.ok}/${c.total}`, String(c.failed), String(c.lost), formatDuration(duration), skewText(t)];
+    return [t.taskId, t.action, t.state, `${c.ok}/${c.total}`, String(c.failed), String(c.lost), formatDuration(duration), skewText(t)];
   });
   return formatTable(['TASK', 'ACTION', 'STATE', 'OK', 'FAILED', 'LOST', 'DURATION', 'START SKEW'], rows);
 }
@@ -87,7 +96,7 @@ export function hostTable(run: RunView): string {
     for (const r of t.results ?? []) {
       const lastLine = (r.stderrTail || r.stdoutTail || '').trimEnd().split('\n').at(-1) ?? '';
       rows.push([
-        t.id, r.host, r.state, r.exitCode === null || r.exitCode === undefined ? '-' : String(r.exitCode),
+        t.taskId, r.host, r.state, r.exitCode === null || r.exitCode === undefined ? '-' : String(r.exitCode),
         typeof r.startedAt === 'number' ? new Date(r.startedAt).toISOString().slice(11, 23) : '-',
         formatDuration(r.durationMs), lastLine.slice(0, 60),
       ]);

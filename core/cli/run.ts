@@ -73,12 +73,12 @@ export function progressReporter(enabled: boolean): { update(run: RunView): void
     const width = { task: 0 };
     return {
       update(run) {
-        width.task = Math.max(width.task, ...run.tasks.map((t) => t.id.length));
+        width.task = Math.max(width.task, ...run.tasks.map((t) => t.taskId.length));
         for (const t of run.tasks) {
           const c = hostCounts(t);
-          const payload = { task: t.id.padEnd(width.task), state: `${t.state}${c.failed ? `, ${c.failed} failed` : ''}${c.lost ? `, ${c.lost} lost` : ''}` };
-          const bar = byTask.get(t.id) ?? bars.create(Math.max(1, c.total), 0, payload);
-          byTask.set(t.id, bar);
+          const payload = { task: t.taskId.padEnd(width.task), state: `${t.state}${c.failed ? `, ${c.failed} failed` : ''}${c.lost ? `, ${c.lost} lost` : ''}` };
+          const bar = byTask.get(t.taskId) ?? bars.create(Math.max(1, c.total), 0, payload);
+          byTask.set(t.taskId, bar);
           bar.setTotal(Math.max(1, c.total));
           bar.update(c.ok + c.failed + c.lost, payload);
         }
@@ -92,9 +92,9 @@ export function progressReporter(enabled: boolean): { update(run: RunView): void
       for (const t of run.tasks) {
         const c = hostCounts(t);
         const line = `${t.state} ${c.ok}/${c.total}`;
-        if (seen.get(t.id) === line) continue;
-        seen.set(t.id, line);
-        process.stderr.write(`task ${t.id}: ${t.state}${c.total ? `, ${c.ok}/${c.total} hosts ok` : ''}${c.failed ? `, ${c.failed} failed` : ''}${c.lost ? `, ${c.lost} lost` : ''}\n`);
+        if (seen.get(t.taskId) === line) continue;
+        seen.set(t.taskId, line);
+        process.stderr.write(`task ${t.taskId}: ${t.state}${c.total ? `, ${c.ok}/${c.total} hosts ok` : ''}${c.failed ? `, ${c.failed} failed` : ''}${c.lost ? `, ${c.lost} lost` : ''}\n`);
       }
     },
     stop() {},

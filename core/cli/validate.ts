@@ -23,7 +23,7 @@ export interface JobIssue {
 interface ParsedJob {
   name: string;
   groups: Record<string, { labels?: Record<string, string>; count?: unknown }>;
-  tasks: { id: string; action: string; hosts: string; needs: string[]; start: string; timeoutMs?: number }[];
+  tasks: { id: string; action: string; hosts: string[]; needs: string[]; start: string; timeoutMs?: number | null }[];
   schedule?: string;
 }
 
@@ -80,7 +80,7 @@ export const validateCommand: Command = {
       `${file}: job '${job.name}' is valid`,
       `  groups: ${Object.entries(job.groups).map(([name, g]) => `${name}${g.labels && Object.keys(g.labels).length ? ` (${Object.entries(g.labels).map(([k, v]) => `${k}=${v}`).join(',')})` : ' (every host)'}`).join(', ') || '-'}`,
       `  tasks:`,
-      ...job.tasks.map((t) => `    ${t.id}: ${t.action} on ${t.hosts}${t.needs.length ? `, after ${t.needs.join(', ')}` : ''}${t.start === 'together' ? ', starting together' : ''}`),
+      ...job.tasks.map((t) => `    ${t.id}: ${t.action} on ${t.hosts.join(', ')}${t.needs.length ? `, after ${t.needs.join(', ')}` : ''}${t.start === 'together' ? ', starting together' : ''}`),
       ...(job.schedule ? [`  schedule: ${job.schedule}`] : []),
     ];
     process.stdout.write(`${lines.join('\n')}\n`);

@@ -102,8 +102,9 @@ const REFRESH_TIMEOUT_MS = 250;
 /** An event client.send refused is retried with backoff for this long. */
 const SEND_RETRY_FOR_MS = 5 * 60_000;
 const SEND_RETRY_MAX_DELAY_MS = 5000;
-const MAX_EVENT_ID_LENGTH = 64;
 const MAX_DURATION_MS = 31 * 24 * 3600 * 1000;
+/** Longest delay setTimeout honours. */
+const MAX_TIMER_MS = 2_147_483_647;
 
 interface Running {
   readonly task: ActionDispatch;
@@ -137,7 +138,7 @@ export function serveAction(ctx: Pick<PluginContext<unknown>, 'bus' | 'log' | 'o
   const seen = new Set<string>();
   let offsetMs = 0;
   let offsetKnown = false;
-  let hostName: string | null = null;
+  let hostName: { name: string; id: string } | null = null;
   let closing: Promise<void> | null = null;
   let waiting = 0;
   let refreshTimer: NodeJS.Timeout | undefined;
@@ -162,15 +163,17 @@ export function serveAction(ctx: Pick<PluginContext<unknown>, 'bus' | 'log' | 'o
     }
   }
 
-  async function host(): Promise<string> {
+  /** This host's name and id (its key fingerprint) from the transport. */
+  async function host(): Promise<{ name: string; id: string }> {
     if (hostName !== null) return hostName;
     try {
-      const status = await bus.request<{ name?: unknown }>('client.status', undefined, { timeoutMs: SERVICE_TIMEOUT_MS });
-      if (typeof status?.name === 'string' && status.name !== '') return (hostName = status.name);
+      const status = await bus.request<{ name?: unknown; id?: unknown }>('client.status', undefined, { timeoutMs: SERVICE_TIMEOUT_MS });
+      if (typeof status?.name === 'string' && status.name !== '' && typeof status.id === 'string') return (hostName = { name: status.name, id: status.id });
     } catch {
       // The transport is restarting: name the host as it would.
     }
-    return ctx.options.name ?? os.hostname();
+    const name = ctx.options.name ?? os.hostname();
+    return { name, id: name };
   }
 
   function keepOffsetFresh(on: boolean): void {
@@ -209,13 +212,14 @@ export function serveAction(ctx: Pick<PluginContext<unknown>, 'bus' | 'log' | 'o
   }
 
   async function event(task: ActionDispatch, kind: TaskEventKind, fields: Partial<TaskEventMessage>): Promise<TaskEventMessage> {
+    const self = await host();
     return {
       v: WIRE_VERSION,
       type: 'task.event',
-      id: eventId(task.id, kind),
+      id: taskEventId(task.id, self.id, kind),
       runId: task.runId,
       taskId: task.taskId,
-      host: await host(),
+      host: self.name,
       kind,
       at: Math.max(0, serverNow()),
       ...fields,
@@ -232,6 +236,12 @@ export function serveAction(ctx: Pick<PluginContext<unknown>, 'bus' | 'log' | 'o
 
   function armTimeout(r: Running, ms: number): void {
     clearTimeout(r.timer);
+    // A timer longer than 2^31 - 1 ms fires at once in Node; a task sent without a timeout
+    // carries exactly that, so longer waits are re-armed in steps.
+    if (ms > MAX_TIMER_MS) {
+      r.timer = setTimeout(() => armTimeout(r, ms - MAX_TIMER_MS), MAX_TIMER_MS);
+      return;
+    }
     r.timer = setTimeout(() => end(r, 'timedout', `ran longer than the task's timeout of ${r.task.timeoutMs} ms`), Math.max(0, ms));
   }
 
@@ -367,11 +377,12 @@ export function serveAction(ctx: Pick<PluginContext<unknown>, 'bus' | 'log' | 'o
   return server;
 }
 
-/** `<command id>:<kind>`, or a digest of the command id in its place when that would be longer than a message id may be. */
-function eventId(commandId: string, kind: TaskEventKind): string {
-  const id = `${commandId}:${kind}`;
-  if (id.length <= MAX_EVENT_ID_LENGTH) return id;
-  return `${createHash('sha256').update(commandId).digest('hex').slice(0, 40)}:${kind}`;
+/**
+ * A digest of the command id and this host's id, then `:<kind>`: the same for a resend (the sink
+ * stores it once), different on every host (one signed command reaches them all).
+ */
+export function taskEventId(commandId: string, hostId: string, kind: TaskEventKind): string {
+  return `${createHash('sha256').update(`${commandId}\n${hostId}`).digest('hex').slice(0, 40)}:${kind}`;
 }
 
 /** The last WIRE_LIMITS.maxOutputTail characters, without a lone low surrogate at the cut. */

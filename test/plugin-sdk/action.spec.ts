@@ -8,9 +8,9 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { WIRE_LIMITS } from '../../plugin-sdk/src/index.ts';
+import { taskEventId, WIRE_LIMITS } from '../../plugin-sdk/src/index.ts';
 import { createTestHost, type TestHost } from '../../plugin-sdk/src/testing.ts';
-import { fakeClient, pollUntil, type FakeClient } from '../../plugins/action-shell/test/fake-client.ts';
+import { FAKE_HOST_ID, fakeClient, pollUntil, type FakeClient } from '../../plugins/action-shell/test/fake-client.ts';
 
 const PROBE = `
 import { defineAction, serveAction } from 'bolt-plugin-sdk';
@@ -55,6 +55,13 @@ describe('sdk serveAction', function () {
     await rm(dir, { recursive: true, force: true });
   });
 
+  it('runs a task sent without a timeout (the longest timer delay) to completion instead of timing it out at once', async () => {
+    const task = client.dispatch({ action: 'probe', with: {}, timeoutMs: 2_147_483_647, startAt: client.serverNow() + 50 });
+    const final = await client.finalOf(task.id);
+    expect(client.eventsOf(task.id).map((e) => e.kind)).to.deep.equal(['started', 'finished']);
+    expect(final.kind).to.equal('finished');
+  });
+
   it('a run that throws before starting reports only failed, with the error in stderrTail', async () => {
     const task = client.dispatch({ action: 'probe', with: { mode: 'throw-before' } });
     const final = await client.finalOf(task.id);
@@ -88,13 +95,13 @@ describe('sdk serveAction', function () {
     }
   });
 
-  it('names events of a 64-character command id by a digest of it, the same for every kind', async () => {
+  it('names events by a digest of the command and host ids, so hosts of one broadcast never share an id', async () => {
     const id = `c${'0123456789abcdef'.repeat(4)}`.slice(0, 64);
-    const digest = createHash('sha256').update(id).digest('hex').slice(0, 40);
+    const digest = createHash('sha256').update(`${id}\n${FAKE_HOST_ID}`).digest('hex').slice(0, 40);
     client.dispatch({ id, action: 'probe', with: {} });
-    // The fake client files events by the command id before the colon: here, the digest.
-    const final = await client.finalOf(digest);
-    expect(client.eventsOf(digest).map((e) => e.id)).to.deep.equal([`${digest}:started`, `${digest}:finished`]);
+    const final = await client.finalOf(id);
+    expect(client.eventsOf(id).map((e) => e.id)).to.deep.equal([`${digest}:started`, `${digest}:finished`]);
+    expect(taskEventId(id, 'another-host', 'finished')).to.not.equal(`${digest}:finished`);
     expect(final.kind).to.equal('finished');
   });
 

@@ -6,7 +6,8 @@
 import { expect } from 'chai';
 import { performance } from 'node:perf_hooks';
 import { createTestHost, type TestHost } from '../../../plugin-sdk/src/testing.ts';
-import { fakeClient, pollUntil, type FakeClient } from '../../action-shell/test/fake-client.ts';
+import { taskEventId } from '../../../plugin-sdk/src/index.ts';
+import { FAKE_HOST_ID, fakeClient, pollUntil, type FakeClient } from '../../action-shell/test/fake-client.ts';
 
 /** The server's clock runs 5 s ahead of the real one; this host's clock runs 3 s ahead of it too (--clock-skew-ms). */
 const SERVER_AHEAD_MS = 5000;
@@ -35,7 +36,7 @@ describe('action-mark plugin', function () {
     const task = client.dispatch({ action: 'mark', startAt: null });
     const final = await client.finalOf(task.id);
     expect(client.refusedSends).to.equal(2);
-    expect(client.eventsOf(task.id).map((e) => e.id)).to.deep.equal([`${task.id}:started`, `${task.id}:finished`]);
+    expect(client.eventsOf(task.id).map((e) => e.id)).to.deep.equal([taskEventId(task.id, FAKE_HOST_ID, 'started'), taskEventId(task.id, FAKE_HOST_ID, 'finished')]);
     expect(final).to.include({ kind: 'finished', durationMs: 0, host: 'mark-host' });
     expect(host.logs.some((l) => /client\.send refused task event/.test(l.msg))).to.equal(true);
   });

@@ -6,7 +6,10 @@
 import { randomUUID } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import type { ActionDispatch, Bus, TaskEventMessage } from '../../../plugin-sdk/src/index.ts';
+import { taskEventId, type ActionDispatch, type Bus, type TaskEventMessage } from '../../../plugin-sdk/src/index.ts';
+
+/** The host id the fake `client.status` answers with. */
+export const FAKE_HOST_ID = 'fake-host-id';
 
 export interface FakeClient {
   /** Every event client.send accepted, in order. */
@@ -41,7 +44,7 @@ export function fakeClient(bus: Bus, options: FakeClientOptions): FakeClient {
   const serverNow = (): number => performance.timeOrigin + performance.now() + options.offsetMs;
   const disposers = [
     bus.provide('client.clock', () => ({ offsetMs: options.offsetMs, errorMs: 0.1, rttMs: 0.2 })),
-    bus.provide('client.status', () => ({ id: 'fake-host-id', name: options.name, offsetMs: options.offsetMs })),
+    bus.provide('client.status', () => ({ id: FAKE_HOST_ID, name: options.name, offsetMs: options.offsetMs })),
     bus.provide('client.send', (data) => {
       if (refused < (options.refuseFirstSends ?? 0)) {
         refused++;
@@ -51,7 +54,7 @@ export function fakeClient(bus: Bus, options: FakeClientOptions): FakeClient {
       return true;
     }),
   ];
-  const eventsOf = (commandId: string): TaskEventMessage[] => events.filter((e) => e.id.startsWith(`${commandId}:`));
+  const eventsOf = (commandId: string): TaskEventMessage[] => events.filter((e) => e.id === taskEventId(commandId, FAKE_HOST_ID, e.kind));
   return {
     events,
     get refusedSends() {

@@ -9,9 +9,9 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { WIRE_LIMITS } from '../../../plugin-sdk/src/index.ts';
+import { taskEventId, WIRE_LIMITS } from '../../../plugin-sdk/src/index.ts';
 import { createTestHost, type TestHost } from '../../../plugin-sdk/src/testing.ts';
-import { fakeClient, pollUntil, processesWith, type FakeClient } from './fake-client.ts';
+import { FAKE_HOST_ID, fakeClient, pollUntil, processesWith, type FakeClient } from './fake-client.ts';
 
 /** The server's clock runs 5 s ahead of this host's. */
 const OFFSET_MS = 5000;
@@ -49,11 +49,11 @@ describe('action-shell plugin', function () {
     const final = await client.finalOf(task.id);
     const [started, ...rest] = client.eventsOf(task.id);
     expect(rest).to.deep.equal([final]);
-    expect(started).to.include({ v: 1, type: 'task.event', id: `${task.id}:started`, runId: 'run-1', taskId: 'task-1', host: 'web-1', kind: 'started' });
+    expect(started).to.include({ v: 1, type: 'task.event', id: taskEventId(task.id, FAKE_HOST_ID, 'started'), runId: 'run-1', taskId: 'task-1', host: 'web-1', kind: 'started' });
     // Precision is action-mark's test; here, the right instant (a shared 2-core machine can deschedule the process for tens of ms).
     // Precision is bench/start-skew's business; here: not early, and not a whole wait late.
     expect(started!.startedAt! - startAt, 'lateness of the start (ms)').to.be.at.least(0).and.below(250);
-    expect(final).to.include({ id: `${task.id}:failed`, kind: 'failed', exitCode: 3, stdoutTail: 'out\n', stderrTail: 'err\n', startedAt: started!.startedAt });
+    expect(final).to.include({ id: taskEventId(task.id, FAKE_HOST_ID, 'failed'), kind: 'failed', exitCode: 3, stdoutTail: 'out\n', stderrTail: 'err\n', startedAt: started!.startedAt });
     expect(final.durationMs).to.be.above(0).and.below(2000);
     expect(final.at).to.be.at.least(started!.startedAt!);
   });
@@ -78,7 +78,7 @@ describe('action-shell plugin', function () {
     const final = await client.finalOf(task.id);
     expect(existsSync(ready), 'the tree was up before the timeout').to.equal(true);
     expect(final.kind).to.equal('timedout');
-    expect(final.id).to.equal(`${task.id}:timedout`);
+    expect(final.id).to.equal(taskEventId(task.id, FAKE_HOST_ID, 'timedout'));
     expect(performance.now() - before).to.be.at.least(800);
     expect(final.durationMs).to.be.at.least(795);
     expect(processesWith(marker), 'processes left after the timeout').to.deep.equal([]);
