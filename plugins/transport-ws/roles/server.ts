@@ -209,6 +209,7 @@ export async function startServerRole(ctx: PluginContext<TransportSettings>, ide
   }
 
   const disposers = [
+    trust.onRejected((entry) => endpoint.disconnect(entry.fingerprint, entry.role)),
     bus.provide('transport.dispatch', (data) => {
       const req = data as DispatchRequest;
       if (typeof req?.runId !== 'string' || typeof req.taskId !== 'string' || typeof req.action !== 'string') throw badRequest('runId, taskId and action are required strings');
@@ -255,7 +256,6 @@ export async function startServerRole(ctx: PluginContext<TransportSettings>, ide
     bus.provide('transport.keys.reject', (data) => {
       const { fingerprint, role } = (data ?? {}) as { fingerprint?: string; role?: TrustRole };
       const entry = trust.reject(String(fingerprint ?? ''), role);
-      endpoint.disconnect(entry.fingerprint, entry.role);
       log.warn({ fingerprint: entry.fingerprint, role: entry.role, host: entry.host }, `rejected the key of ${entry.role} ${entry.host}`);
       return entry;
     }),

@@ -57,6 +57,7 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
     messageBurst: settings.messageBurst * 5,
   });
 
+  const stopDropping = trust.onRejected((entry) => endpoint.disconnect(entry.fingerprint, entry.role));
   let upstream: WireClient | null = null;
   let sampler: HealthSampler | null = null;
   let disposeStatus: (() => void) | null = null;
@@ -105,6 +106,7 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
     port: listener.port,
     secure: listener.secure,
     async close() {
+      stopDropping();
       disposeStatus?.();
       await upstream?.close();
       sampler?.close();

@@ -105,6 +105,7 @@ export class TrustStore {
   readonly #maxFactsBytes: number;
   readonly #now: () => number;
   readonly #onError: (err: BoltError) => void;
+  readonly #rejectListeners = new Set<(entry: TrustEntry) => void>();
   #flushTimer: NodeJS.Timeout | undefined;
   #dirty = false;
   #closed = false;
@@ -211,12 +212,23 @@ export class TrustStore {
     this.#closed = true;
   }
 
+  /**
+   * Calls `listener` after a key is rejected (and written). Every endpoint that authorizes peers
+   * with this store listens, so a rejected key loses its open sessions everywhere, not only where
+   * the operator's request arrived. Returns the function that stops listening.
+   */
+  onRejected(listener: (entry: TrustEntry) => void): () => void {
+    this.#rejectListeners.add(listener);
+    return () => this.#rejectListeners.delete(listener);
+  }
+
   #decide(fingerprintOrPrefix: string, role: TrustRole | undefined, state: 'accepted' | 'rejected'): TrustEntry {
     const entry = this.#find(fingerprintOrPrefix, role);
     entry.state = state;
     entry.decidedAt = this.#iso();
     this.#dirty = true;
     this.flush();
+    if (state === 'rejected') for (const listener of this.#rejectListeners) listener(copy(entry));
     return copy(entry);
   }
 
