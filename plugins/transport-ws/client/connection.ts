@@ -645,7 +645,8 @@ export class WireClient {
 
   #onPong(message: WireMessage): void {
     if (message.type !== 'clock.pong' || !this.#outstandingPings.delete(message.t0)) return;
-    this.#estimator.add({ t0: message.t0, t1: message.t1, t2: message.t2, t3: this.#clock() });
+    // t3 is when the pong's frame arrived, not when its turn in a simulator's queue came.
+    this.#estimator.add({ t0: message.t0, t1: message.t1, t2: message.t2, t3: this.#frameArrival.localAt });
   }
 
   // --- commands

