@@ -187,8 +187,13 @@ export function serveAction(ctx: Pick<PluginContext<unknown>, 'bus' | 'log' | 'o
     }
   }
 
-  /** Hands one event to client.send, retrying with the same id until it is accepted. */
+  /**
+   * Hands one event to client.send, retrying with the same id until it is accepted. It is also
+   * published on this host's bus as `client.task.event`, so collectors know when a task started
+   * and ended here.
+   */
   async function deliver(event: TaskEventMessage): Promise<void> {
+    bus.publish('client.task.event', event);
     const giveUpAt = performance.now() + SEND_RETRY_FOR_MS;
     let delayMs = 100;
     let warned = false;

@@ -578,6 +578,7 @@ export class Scheduler {
         with: task.with,
         startAt: attempt.startAt,
         timeoutMs: attempt.timeoutMs,
+        metrics: run.spec.tasks.find((t) => t.id === task.taskId)?.metrics,
         targets: attempt.targets,
       }, this.#settings.dispatchTimeoutMs);
     } catch (err) {

@@ -196,6 +196,8 @@ export interface TaskDispatchMessage extends Envelope<'task.dispatch'> {
   timeoutMs: number;
   /** After this instant (server clock) the command must not be acted on. */
   expiresAt: number;
+  /** The host metrics to sample while the task runs (the job's `metrics`, or the task's override). */
+  metrics?: { intervalMs: number; collect: string[] };
   sig: string;
 }
 
@@ -368,6 +370,15 @@ export const WIRE_SCHEMAS: { readonly [T in MessageType]: object } = {
       startAt: { anyOf: [instantSchema, { type: 'null' }] },
       timeoutMs: { type: 'integer', minimum: 1, maximum: durationMsSchema.maximum },
       expiresAt: instantSchema,
+      metrics: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['intervalMs', 'collect'],
+        properties: {
+          intervalMs: { type: 'integer', minimum: 100, maximum: 3_600_000 },
+          collect: { type: 'array', maxItems: 32, uniqueItems: true, items: { type: 'string', minLength: 1, maxLength: 32, pattern: '^[a-z][a-z0-9_-]*$' } },
+        },
+      },
       sig: signatureSchema,
     },
     ['runId', 'taskId', 'action', 'with', 'startAt', 'timeoutMs', 'expiresAt', 'sig'],

@@ -37,6 +37,7 @@ interface DispatchRequest {
   startAt?: number | null;
   timeoutMs: number;
   ttlMs?: number;
+  metrics?: { intervalMs: number; collect: string[] };
   targets: string[];
 }
 
@@ -228,6 +229,7 @@ export async function startServerRole(ctx: PluginContext<TransportSettings>, ide
         startAt,
         timeoutMs: req.timeoutMs,
         expiresAt: Math.max(now, startAt ?? now) + (req.ttlMs ?? settings.commandTtlMs),
+        ...(req.metrics && { metrics: req.metrics }),
       };
       return sendCommand(body, targetsOf(req));
     }),
