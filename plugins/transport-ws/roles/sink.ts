@@ -12,13 +12,38 @@ import { HealthSampler } from '../client/health-record.ts';
 import { PinStore } from '../client/pins.ts';
 import type { Identity } from '../protocol/index.ts';
 import { WireEndpoint, type ConnectionHandler } from '../server/endpoint.ts';
-import { Listener } from '../server/listener.ts';
+import { Listener, TextResponse, type RouteHandler } from '../server/listener.ts';
+import { BoltError } from '../../../plugin-sdk/src/errors.ts';
 import type { TrustRole, TrustStore } from '../server/trust-store.ts';
 import { agentUrl, type RunningRole, type TransportSettings } from './settings.ts';
 import { readFileSync } from 'node:fs';
 
 export const DEFAULT_SINK_PORT = 7701;
 const MAX_HELD_STATUSES = 10_000;
+
+/**
+ * The sink's HTTP API: runs and metrics as the writer stores them, and Prometheus. The plugins
+ * behind the bus services answer; this is only their HTTP face.
+ */
+function sinkRoutes(ctx: PluginContext<TransportSettings>): Map<string, RouteHandler> {
+  const { bus, roles } = ctx;
+  const numberOf = (text: string | null) => (text === null || text === '' || !Number.isFinite(Number(text)) ? undefined : Number(text));
+  return new Map<string, RouteHandler>([
+    ['/api/health', () => ({ ok: true, roles })],
+    ['/api/runs', (req) => bus.request('sink.runs', { ...(req.query.get('state') && { state: req.query.get('state') }), ...(req.query.get('job') && { job: req.query.get('job') }) })],
+    ['/api/runs/:id', async (req) => {
+      const run = await bus.request('sink.run', { runId: req.params.id });
+      if (run === null) throw new BoltError('BOLT_ERR_RUN_NOT_FOUND', `The sink has no run ${req.params.id}.`);
+      return run;
+    }],
+    ['/api/runs/:id/metrics', (req) => bus.request('sink.metrics', {
+      runId: req.params.id,
+      ...Object.fromEntries(['metric', 'host', 'task', 'agg'].flatMap((k) => (req.query.get(k) ? [[k, req.query.get(k)]] : []))),
+      ...Object.fromEntries(['from', 'to'].flatMap((k) => (numberOf(req.query.get(k)) === undefined ? [] : [[k, numberOf(req.query.get(k))]]))),
+    }, { timeoutMs: 30_000 })],
+    ['/metrics', async () => new TextResponse('text/plain; version=0.0.4; charset=utf-8', await bus.request<string>('exporter.prometheus'))],
+  ]);
+}
 
 /** Starts the sink's listener and /ingest; `standalone` when no server runs in this process. */
 export async function startSinkRole(ctx: PluginContext<TransportSettings>, identity: Identity, trust: TrustStore, standalone: boolean): Promise<RunningRole & { port: number; secure: boolean }> {
@@ -28,6 +53,7 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
     ...(options.listen !== undefined && { host: options.listen }),
     ...(options.tlsCert && options.tlsKey && { tls: { certFile: options.tlsCert, keyFile: options.tlsKey } }),
     dataDir: ctx.dataDir,
+    routes: sinkRoutes(ctx),
     onError: (err, req) => log.error({ err: String(err), path: req.path }, 'API handler failed'),
   });
   const clientHandlers = new Map<string, ConnectionHandler>([

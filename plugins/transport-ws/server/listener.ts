@@ -41,7 +41,17 @@ export interface ApiRequest {
   body: Buffer;
 }
 
-/** Returns the JSON body of a 200 answer; a thrown error becomes a JSON error answer. */
+/** A 200 answer that is not JSON (the Prometheus text format, a dashboard page). */
+export class TextResponse {
+  readonly contentType: string;
+  readonly body: string;
+  constructor(contentType: string, body: string) {
+    this.contentType = contentType;
+    this.body = body;
+  }
+}
+
+/** Returns the JSON body of a 200 answer, or a TextResponse; a thrown error becomes a JSON error answer. */
 export type RouteHandler = (request: ApiRequest) => unknown;
 
 export interface ListenerOptions {
@@ -181,7 +191,9 @@ export class Listener {
     if (body === null) return reply(res, 413, apiError('BOLT_ERR_WIRE_API_TOO_LARGE', `Request body over ${this.#opts.maxBodyBytes ?? MAX_BODY_BYTES} bytes.`), true);
     request.body = body;
     try {
-      reply(res, 200, await handler(request), false);
+      const answer = await handler(request);
+      if (answer instanceof TextResponse) replyText(res, answer);
+      else reply(res, 200, answer, false);
     } catch (err) {
       const info = handlerFailure(toErrorInfo(err));
       reply(res, statusFor(info.code), apiError(info.code, info.message, info.details), false);
@@ -279,6 +291,12 @@ function reply(res: ServerResponse, status: number, body: unknown, close: boolea
     ...(close && { connection: 'close' }),
   });
   res.end(res.req.method === 'HEAD' ? undefined : text);
+}
+
+function replyText(res: ServerResponse, answer: TextResponse): void {
+  if (res.headersSent) return;
+  res.writeHead(200, { 'content-type': answer.contentType, 'content-length': Buffer.byteLength(answer.body), 'cache-control': 'no-store' });
+  res.end(res.req.method === 'HEAD' ? undefined : answer.body);
 }
 
 /** Reads the body, or returns null (and stops reading) once it exceeds `max` bytes. */

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import http from 'node:http';
 import { BoltError } from '../../../../plugin-sdk/src/errors.ts';
-import { API_TOKEN_FILE, Listener, type ApiRequest, type RouteHandler } from '../../server/listener.ts';
+import { API_TOKEN_FILE, Listener, TextResponse, type ApiRequest, type RouteHandler } from '../../server/listener.ts';
 import { cleanUp, rawRequest, tempDir } from './harness.ts';
 
 async function start(dataDir: string, seen: ApiRequest[] = []): Promise<Listener> {
@@ -15,6 +15,7 @@ async function start(dataDir: string, seen: ApiRequest[] = []): Promise<Listener
     ['/api/plugins', () => {
       throw new BoltError('BOLT_ERR_BUS_NO_PROVIDER', "no running plugin provides 'core.plugins'");
     }],
+    ['/metrics', () => new TextResponse('text/plain; version=0.0.4', 'bolt_up 1\n')],
     ['POST /api/runs/:id/cancel', (req) => ({ cancelled: req.params.id, body: req.body.toString() })],
     ['GET /api/runs/:id', (req) => {
       if (req.params.id === 'nope') throw new BoltError('BOLT_ERR_RUN_NOT_FOUND', 'no run nope');
@@ -82,6 +83,8 @@ describe('transport-ws server: Listener (HTTP API, token, limits)', function () 
       expect((await get(listener.url('/api/runs/nope'), listener.token)).status).to.equal(404);
       expect((await fetch(listener.url('/api/runs/abc/cancel'), { headers: auth })).status).to.equal(405);
       expect((await get(listener.url('/api/runs/abc/extra/more'), listener.token)).status).to.equal(404);
+      const text = await fetch(listener.url('/metrics'), { headers: auth });
+      expect([text.status, text.headers.get('content-type'), await text.text()]).to.deep.equal([200, 'text/plain; version=0.0.4', 'bolt_up 1\n']);
       expect((await get(listener.url('/api/runs/%E0%A4%A'), listener.token)).status).to.equal(404);
     } finally {
       await listener.close();
