@@ -56,13 +56,19 @@ export function loadOrCreateIdentity(dataDir: string): Identity {
 
 function createKeyFile(file: string): void {
   const { privateKey } = generateKeyPairSync('ed25519');
-  const pem = privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
-  // Write a private temp file, flush it, then link it into place: link() fails if the key already
-  // exists, so a concurrent start never replaces a key, and a reader never sees half a file.
+  createSecretFile(file, privateKey.export({ format: 'pem', type: 'pkcs8' }).toString());
+}
+
+/**
+ * Creates `file` (mode 0600) holding `content`, unless it exists. A private temp file is written,
+ * flushed and linked into place: link() fails if the file already exists, so a concurrent start
+ * never replaces a secret (the first one wins), and a reader never sees half a file.
+ */
+export function createSecretFile(file: string, content: string): void {
   const tmp = `${file}.${process.pid}.${Date.now()}.tmp`;
   const fd = fs.openSync(tmp, 'wx', 0o600);
   try {
-    fs.writeSync(fd, pem);
+    fs.writeSync(fd, content);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);

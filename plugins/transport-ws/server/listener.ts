@@ -19,7 +19,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { BoltError, toErrorInfo, type ErrorInfo } from '../../../plugin-sdk/src/errors.ts';
-import { syncDirectory } from '../protocol/identity.ts';
+import { createSecretFile } from '../protocol/identity.ts';
 import { MAX_REQUEST_HEADERS } from './endpoint.ts';
 
 /** File name of the API token inside the data directory. */
@@ -319,26 +319,7 @@ function sha256(text: string): Buffer {
 /** Reads the token, or creates it (0600) so that two processes starting at once agree on one. */
 function loadOrCreateToken(file: string): string {
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  if (!fs.existsSync(file)) {
-    const tmp = `${file}.${process.pid}.tmp`;
-    const fd = fs.openSync(tmp, 'w', 0o600);
-    try {
-      fs.fchmodSync(fd, 0o600);
-      fs.writeSync(fd, `${randomBytes(32).toString('base64url')}\n`);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    try {
-      // link() fails if another process created the token meanwhile: theirs wins.
-      fs.linkSync(tmp, file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    } finally {
-      fs.unlinkSync(tmp);
-    }
-    syncDirectory(path.dirname(file));
-  }
+  if (!fs.existsSync(file)) createSecretFile(file, `${randomBytes(32).toString('base64url')}\n`);
   const token = fs.readFileSync(file, 'utf8').trim();
   // An empty token would let `Authorization: Bearer ` through.
   if (token.length < 16) throw new BoltError('BOLT_ERR_WIRE_API_UNAUTHORIZED', `API token file ${file} holds fewer than 16 characters; remove it to have a new token created.`, { details: { file } });
