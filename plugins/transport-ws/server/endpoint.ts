@@ -283,11 +283,12 @@ export class WireEndpoint {
   async close(graceMs = 2000): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
-    detachUpgrade(this.#opts.server, this.path);
     for (const socket of this.#handshaking) socket.destroy();
     const conns = [...this.#byIdentity.values()];
     for (const conn of conns) conn.end(WIRE_CLOSE.goingAway, 'endpoint closing', graceMs);
     await Promise.all(conns.map((conn) => conn.closed));
+    // Only now: until here, upgrades are told to retry later (503) rather than "no such path".
+    detachUpgrade(this.#opts.server, this.path);
   }
 
   #decoderLimit(): { maxBytes: number } {
