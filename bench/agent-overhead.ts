@@ -197,7 +197,7 @@ async function main(): Promise<void> {
   fs.writeFileSync(path.join(clientDir, 'bolt.yaml'), '{}\n');
   const client = startGroup(process.execPath, [
     BIN, 'start', '--role', 'client', '--server', `ws://127.0.0.1:${server.port}`, '--data', path.join(clientDir, 'data'),
-    '--plugins', clientPlugins, '--config', path.join(clientDir, 'bolt.yaml'), '--name', 'bench-agent', '--log-level', 'warn',
+    '--plugins', clientPlugins, '--config', path.join(clientDir, 'bolt.yaml'), '--name', 'bench-agent', '--log-level', 'info',
   ], path.join(clientDir, 'client.log'));
   const clientPid = client.pid!;
   progress(`server pid ${server.pid} on 127.0.0.1:${server.port}, client pid ${clientPid}`);

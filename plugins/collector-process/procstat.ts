@@ -13,12 +13,12 @@ import { BoltError } from '../../plugin-sdk/src/errors.ts';
 /**
  * Which processes one series covers. `{ name }` matches every process whose comm (the kernel's
  * 15-character process name) or the basename of whose argv[0] equals the name; `{ pid }` matches
- * that one process while it lives. `label` names the series (tag `name`); it defaults to the name,
+ * that one process while it lives. `label` names the series (tag `process`); it defaults to the name,
  * or to the pid as text.
  */
 export type ProcessMatch = { name: string; label?: string } | { pid: number; label?: string };
 
-/** One value of one metric, tagged with the match's label as `name`. */
+/** One value of one metric, tagged with the match's label as `process`. */
 export interface MetricPoint {
   metric: string;
   value: number;
@@ -126,7 +126,8 @@ function readHead(path: string, bytes: number): Promise<string | undefined> {
   });
 }
 
-function getconf(variable: string, fallback: number): Promise<number> {
+/** A positive integer from `getconf VARIABLE` (CLK_TCK, PAGESIZE), or `fallback` when that fails. */
+export function getconf(variable: string, fallback: number): Promise<number> {
   return new Promise((resolve) => {
     execFile('getconf', [variable], { timeout: 5000 }, (err, stdout) => {
       const value = Number(stdout.trim());
@@ -220,7 +221,7 @@ export class ProcessSampler {
     const ticks = new Map<string, number>();
     const metrics: MetricPoint[] = [];
     for (const match of this.#matches) {
-      const tags = { name: matchLabel(match) };
+      const tags = { process: matchLabel(match) };
       let count = 0;
       let rssPages = 0;
       let cpuTicks = 0;

@@ -12,7 +12,7 @@ import type { ProcessSample } from '../procstat.ts';
 const NODE_STAT = '30304 (node) R 30300 30300 5614 0 -1 4194304 2179 0 0 0 5 2 0 0 20 0 7 0 67846 745713664 10098 18446744073709551615 11988992 39846385 140726115761008 0 0 0 0 16781312 17922 0 0 0 17 0 0 0 0 0 0 90418888 90555584 869601280 140726115769003 140726115769077 140726115769077 140726115770346 0\n';
 
 function value(sample: ProcessSample, metric: string, name: string): number | undefined {
-  return sample.metrics.find((m) => m.metric === metric && m.tags?.name === name)?.value;
+  return sample.metrics.find((m) => m.metric === metric && m.tags?.process === name)?.value;
 }
 
 function exitOf(child: ChildProcess): Promise<void> {

@@ -246,7 +246,7 @@ describe('collector-system SystemSampler', () => {
 });
 
 describe('collector-system SystemSampler on this host', () => {
-  it('reads every group without errors in well under 1 % of a core at 1 Hz', async () => {
+  it('reads every group without errors, in milliseconds per sample', async () => {
     const sampler = new SystemSampler();
     await sampler.sample();
     const start = process.cpuUsage();
@@ -261,8 +261,9 @@ describe('collector-system SystemSampler on this host', () => {
     // (CPU percentages may be absent here: samples this close together often fall within one clock
     // tick, and an interval without a tick says nothing about CPU use. accuracy.spec.ts checks them.)
     expect([...seen]).to.include.members(['mem.used', 'load.1', 'net.rx_bytes', 'disk.util', 'fs.used_percent']);
-    // 10 ms per sample would be 1 % of a core at 1 Hz.
-    expect((used.user + used.system) / 1000 / rounds).to.be.below(3);
+    // A bound against a regression to shelling out (tens of ms per call): the process's CPU here
+    // includes whatever else the test process does. The agent's real cost is bench/agent-overhead's.
+    expect((used.user + used.system) / 1000 / rounds).to.be.below(10);
   });
 });
 
