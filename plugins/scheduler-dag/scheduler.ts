@@ -125,6 +125,8 @@ interface DispatchAnswer {
   commandId: string;
   sentAt?: number;
   sent: string[];
+  /** Accepted hosts not connected right now: the transport delivers to them when they are back (until the command expires). */
+  held?: string[];
   skipped: { id: string; reason: string }[];
 }
 
@@ -589,7 +591,8 @@ export class Scheduler {
     if (answer) {
       attempt.transport = { commandId: answer.commandId, sentAt: answer.sentAt ?? null, sent: answer.sent, skipped: answer.skipped };
       if (answer.skipped.length > 0) this.#log.warn({ runId: run.runId, taskId: attempt.wireTaskId, skipped: answer.skipped }, `${answer.skipped.length} target${answer.skipped.length === 1 ? ' was' : 's were'} not reached`);
-      if (answer.sent.length === 0) {
+      if (answer.held?.length) this.#log.info({ runId: run.runId, taskId: attempt.wireTaskId, held: answer.held }, `${answer.held.length} target(s) not connected: the command waits for them`);
+      if (answer.sent.length === 0 && !answer.held?.length) {
         const why = answer.skipped.slice(0, 10).map((s) => `${names.get(s.id) ?? s.id} (${s.reason})`).join(', ');
         error = { code: 'BOLT_ERR_RUN_DISPATCH_FAILED', message: `the transport reached none of the ${attempt.targets.length} targets: ${why}` };
       }

@@ -43,6 +43,8 @@ export const MESSAGE_TYPES = [
   'task.event',
   'metrics.batch',
   'task.status',
+  'sink.info',
+  'notice',
 ] as const;
 
 export type MessageType = (typeof MESSAGE_TYPES)[number];
@@ -273,6 +275,20 @@ export interface TaskStatusMessage extends Envelope<'task.status'> {
   lost?: number;
 }
 
+/** Server to client: the sink to stream to changed (a separate sink registered after this client connected). */
+export interface SinkInfoMessage extends Envelope<'sink.info'> {
+  sink: { url: string; publicKey: string };
+}
+
+/** The server's bus topics a separate sink needs to decide and store tasks. */
+export const NOTICE_TOPICS = ['run.task.dispatched', 'run.updated', 'run.cancelled', 'host.state'] as const;
+
+/** Server to a separate sink: one of NOTICE_TOPICS, published on the sink's bus as it was on the server's. */
+export interface NoticeMessage extends Envelope<'notice'> {
+  topic: (typeof NOTICE_TOPICS)[number];
+  data: Record<string, unknown>;
+}
+
 /** Message type → message. */
 export interface WireMessageMap {
   hello: HelloMessage;
@@ -289,6 +305,8 @@ export interface WireMessageMap {
   'task.event': TaskEventMessage;
   'metrics.batch': MetricsBatchMessage;
   'task.status': TaskStatusMessage;
+  'sink.info': SinkInfoMessage;
+  notice: NoticeMessage;
 }
 
 export type WireMessage = WireMessageMap[MessageType];
@@ -462,4 +480,17 @@ export const WIRE_SCHEMAS: { readonly [T in MessageType]: object } = {
     },
     ['runId', 'taskId', 'state', 'hosts'],
   ),
+  'sink.info': message(
+    'sink.info',
+    {
+      sink: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['url', 'publicKey'],
+        properties: { url: { type: 'string', minLength: 1, maxLength: 2048, pattern: '^wss?://' }, publicKey: bytes32Schema },
+      },
+    },
+    ['sink'],
+  ),
+  notice: message('notice', { topic: { enum: [...NOTICE_TOPICS] }, data: freeFormSchema }, ['topic', 'data']),
 };

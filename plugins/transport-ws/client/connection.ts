@@ -27,6 +27,8 @@ import {
   type ClockPingMessage,
   type HeartbeatMessage,
   type MessageType,
+  type NoticeMessage,
+  type SinkInfoMessage,
   type TaskAckMessage,
   type TaskCancelMessage,
   type TaskDispatchMessage,
@@ -155,6 +157,10 @@ export interface WireClientOptions {
   onRefused?: (code: string, error: Error) => void;
   onDispatch?: (command: TaskDispatchMessage, arrival: CommandArrival) => void;
   onCancel?: (command: TaskCancelMessage, arrival: CommandArrival) => void;
+  /** The server named another sink to stream to (a sink that registered after this client connected). */
+  onSinkInfo?: (sink: { url: string; publicKey: string }) => void;
+  /** A sink connected to the server got one of the server's bus notices (dispatched tasks, lost hosts, runs). */
+  onNotice?: (notice: NoticeMessage) => void;
   /** The next attempt was scheduled `delayMs` from now; `cause` says what ended the last one. */
   onReconnectScheduled?: (delayMs: number, cause: string) => void;
 }
@@ -259,6 +265,8 @@ export class WireClient {
     const sessionHandlers = new Map<string, Handler>();
     const inboundTypes = DIRECTION_TYPES.get(this.inbound)!;
     if (inboundTypes.has('clock.pong')) sessionHandlers.set('clock.pong', (m) => this.#onPong(m));
+    if (inboundTypes.has('sink.info')) sessionHandlers.set('sink.info', (m) => this.#safely('onSinkInfo', () => this.#opts.onSinkInfo?.((m as SinkInfoMessage).sink)));
+    if (inboundTypes.has('notice')) sessionHandlers.set('notice', (m) => this.#safely('onNotice', () => this.#opts.onNotice?.(m as NoticeMessage)));
     if (inboundTypes.has('task.dispatch')) {
       if (options.replayGuardDir === undefined) throw new TypeError('replayGuardDir is required when the endpoint can send commands');
       sessionHandlers.set('task.dispatch', (m) => this.#onCommand(m as TaskDispatchMessage));

@@ -29,11 +29,11 @@ const HANDSHAKE_OUT: readonly MessageType[] = ['challenge', 'welcome', 'error'];
 /** The message types each direction may ever carry; a decoder accepts at most these. */
 export const DIRECTION_TYPES: ReadonlyMap<Direction, ReadonlySet<MessageType>> = new Map<Direction, ReadonlySet<MessageType>>([
   ['client->server', new Set([...HANDSHAKE_IN, 'heartbeat', 'clock.ping', 'task.ack'])],
-  ['server->client', new Set([...HANDSHAKE_OUT, 'clock.pong', 'task.dispatch', 'task.cancel'])],
+  ['server->client', new Set([...HANDSHAKE_OUT, 'clock.pong', 'task.dispatch', 'task.cancel', 'sink.info'])],
   ['client->sink', new Set([...HANDSHAKE_IN, 'task.event', 'metrics.batch'])],
   ['sink->client', new Set(HANDSHAKE_OUT)],
   ['sink->server', new Set([...HANDSHAKE_IN, 'heartbeat', 'clock.ping', 'task.status'])],
-  ['server->sink', new Set([...HANDSHAKE_OUT, 'clock.pong'])],
+  ['server->sink', new Set([...HANDSHAKE_OUT, 'clock.pong', 'notice'])],
 ]);
 
 /** Deepest nesting accepted in any message (free-form `with` and `facts` included). */

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { PluginContext } from '../../../plugin-sdk/src/index.ts';
-import type { MetricsBatchMessage, TaskEventMessage, WelcomeMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
+import type { MetricsBatchMessage, TaskEventMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
 import { WireClient } from '../client/connection.ts';
 import { HealthSampler } from '../client/health-record.ts';
 import { Outbox } from '../client/outbox.ts';
@@ -30,16 +30,17 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
   // Everything for the sink goes through the outbox: sent while a sink session is up, kept on disk otherwise.
   const outbox = Outbox.open({ dir: path.join(ctx.dataDir, 'outbox'), log });
   let sink: WireClient | null = null;
+  let sinkKey: string | null = null;
 
-  /** Follows the sink the server names: a new URL or key replaces the connection. */
-  function followSink(welcome: WelcomeMessage): void {
-    const target = welcome.sink;
-    if (sink && target && sink.url === target.url && sink.session?.peer.publicKey === target.publicKey) return;
-    if (sink && (!target || sink.url !== target.url)) {
-      void sink.close();
-      sink = null;
-    }
-    if (!target || sink) return;
+  /**
+   * Follows the sink the server names, in its welcome or later in a sink.info: a new URL or key
+   * replaces the connection. A welcome that names none (a separate sink is away) keeps the current
+   * connection, which goes on retrying.
+   */
+  function followSink(target: { url: string; publicKey: string } | undefined): void {
+    if (!target || (sink && sink.url === target.url && sinkKey === target.publicKey)) return;
+    if (sink) void sink.close();
+    sinkKey = target.publicKey;
     let detachOutbox: (() => void) | null = null;
     const link: WireClient = new WireClient({
       url: target.url,
@@ -84,12 +85,13 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
     log,
     onConnected: (_session, welcome) => {
       log.info({ server, id: identity.fingerprint, heartbeatIntervalMs: welcome.heartbeatIntervalMs }, `connected to the server as ${host}`);
-      followSink(welcome);
+      followSink(welcome.sink);
     },
     // WireClient logs connects, disconnects and refusals itself; this adds what the operator should do.
     onRefused: (code) => {
       if (code === 'BOLT_ERR_WIRE_PEER_NOT_ACCEPTED') log.warn({ fingerprint: identity.fingerprint }, `waiting for the server to accept this key: bolt-core keys accept ${identity.fingerprint}`);
     },
+    onSinkInfo: (target) => followSink(target),
     onDispatch: (command, arrival) => bus.publish('client.task.dispatch', { ...command, receivedAt: arrival.receivedAt }),
     onCancel: (command, arrival) => bus.publish('client.task.cancel', { ...command, receivedAt: arrival.receivedAt }),
   });

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { PluginContext } from '../../../plugin-sdk/src/index.ts';
 import { BoltError } from '../../../plugin-sdk/src/errors.ts';
-import { WIRE_VERSION, type HeartbeatMessage, type TaskAckMessage, type TaskCancelMessage, type TaskDispatchMessage, type TaskStatusMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
+import { NOTICE_TOPICS, WIRE_VERSION, type HeartbeatMessage, type TaskAckMessage, type TaskCancelMessage, type TaskDispatchMessage, type TaskStatusMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
 import { localClock, signCommand, type Identity } from '../protocol/index.ts';
 import { clockPongHandler, WireEndpoint, type ConnectionHandler, type PeerConnection } from '../server/endpoint.ts';
 import { Listener, type RouteHandler } from '../server/listener.ts';
@@ -27,6 +27,10 @@ export interface HostRecord {
 }
 
 const COMMAND_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+/** Notices held for an absent separate sink at most. */
+const MAX_HELD_NOTICES = 100_000;
+/** Commands held for one disconnected client at most (the oldest go first). */
+const MAX_HELD_PER_HOST = 64;
 
 interface DispatchRequest {
   commandId?: string;
@@ -174,9 +178,14 @@ export async function startServerRole(ctx: PluginContext<TransportSettings>, ide
       return { heartbeatIntervalMs: settings.heartbeatIntervalMs, ...(hello.role === 'client' && sink && { sink }) };
     },
     onOpen: (conn) => {
-      if (conn.role === 'sink') separateSink = conn;
+      if (conn.role === 'sink') {
+        separateSink = conn;
+        announceSink(conn);
+        for (const notice of notices.splice(0)) conn.sendText(notice);
+      }
       log.info({ host: conn.hello.host, role: conn.role, address: conn.address, id: conn.fingerprint }, `${conn.role} ${conn.hello.host} connected`);
       bus.publish('host.connected', hostRecord(conn));
+      if (conn.role === 'client') deliverHeld(conn);
     },
     onClose: (conn, info) => {
       if (separateSink === conn) separateSink = null;
@@ -191,22 +200,69 @@ export async function startServerRole(ctx: PluginContext<TransportSettings>, ide
     maxBufferedBytes: settings.maxBufferedBytes,
   });
 
+  /** Tells every connected client where the sink that just registered is (they learn it from the welcome otherwise). */
+  function announceSink(sink: PeerConnection): void {
+    if (!sink.hello.endpoint) return;
+    const text = JSON.stringify({ v: WIRE_VERSION, type: 'sink.info', id: randomUUID(), sink: { url: sink.hello.endpoint, publicKey: sink.publicKey } });
+    endpoint.broadcast(text, endpoint.connections().filter((c) => c.role === 'client'));
+  }
+
+  /**
+   * What a separate sink must hear from this server's bus to decide and store tasks; held (bounded)
+   * while no sink is connected, and sent in order when one is.
+   */
+  const notices: string[] = [];
+  const noticeDisposers = embeddedSink ? [] : NOTICE_TOPICS.map((topic) => bus.subscribe(topic, (data) => {
+    const text = JSON.stringify({ v: WIRE_VERSION, type: 'notice', id: randomUUID(), topic, data });
+    if (separateSink?.open && separateSink.sendText(text)) return;
+    notices.push(text);
+    if (notices.length > MAX_HELD_NOTICES) {
+      notices.shift();
+      log.error({ topic }, `more than ${MAX_HELD_NOTICES} notices wait for the sink; dropped the oldest`);
+    }
+  }));
+
+  /**
+   * Commands for accepted clients that are not connected right now (a server restart, a network
+   * blip): delivered when the client is back, unless they expired first. The client's replay guard
+   * makes a late copy harmless; the command's own expiry bounds how late it can be.
+   */
+  const held = new Map<string, { text: string; expiresAt: number }[]>();
+
+  function hold(id: string, text: string, expiresAt: number): void {
+    const queue = (held.get(id) ?? []).filter((c) => c.expiresAt > localClock());
+    if (queue.length >= MAX_HELD_PER_HOST) queue.shift();
+    queue.push({ text, expiresAt });
+    held.set(id, queue);
+  }
+
+  function deliverHeld(conn: PeerConnection): void {
+    const queue = held.get(conn.fingerprint);
+    held.delete(conn.fingerprint);
+    for (const command of queue ?? []) if (command.expiresAt > localClock()) conn.sendText(command.text);
+  }
+
   /** Signs `body` once, serializes it once, and seals that text for each target's session. */
   function sendCommand(body: Omit<TaskDispatchMessage, 'sig'> | Omit<TaskCancelMessage, 'sig'>, targets: string[]) {
     const signed = signCommand(body as Omit<TaskDispatchMessage, 'sig'>, identity.privateKey);
     const text = JSON.stringify(signed);
     const conns: PeerConnection[] = [];
     const skipped: { id: string; reason: string }[] = [];
+    const heldFor: string[] = [];
     for (const id of targets) {
       const conn = endpoint.connection(id, 'client');
+      const state = trust.get(id, 'client')?.state;
       if (conn?.open) conns.push(conn);
-      else skipped.push({ id, reason: trust.get(id, 'client')?.state === 'accepted' || !trust.get(id, 'client') ? 'not connected' : `key ${trust.get(id, 'client')!.state}` });
+      else if (state === 'accepted') {
+        hold(id, text, body.expiresAt);
+        heldFor.push(id);
+      } else skipped.push({ id, reason: state ? `key ${state}` : 'unknown host' });
     }
     const sentAt = localClock();
     const { failed } = endpoint.broadcast(text, conns);
     const failedIds = new Set(failed.map((c) => c.fingerprint));
     for (const id of failedIds) skipped.push({ id, reason: 'send buffer full' });
-    return { commandId: body.id, sentAt, sent: conns.filter((c) => !failedIds.has(c.fingerprint)).map((c) => c.fingerprint), skipped };
+    return { commandId: body.id, sentAt, sent: conns.filter((c) => !failedIds.has(c.fingerprint)).map((c) => c.fingerprint), held: heldFor, skipped };
   }
 
   const disposers = [
@@ -266,7 +322,7 @@ export async function startServerRole(ctx: PluginContext<TransportSettings>, ide
   log.info({ url: listener.url(), agent: listener.wsUrl('/agent'), fingerprint: identity.fingerprint, autoAccept: trust.autoAccept }, `server listening on ${listener.url()}`);
   return {
     async close() {
-      for (const dispose of disposers) dispose();
+      for (const dispose of [...disposers, ...noticeDisposers]) dispose();
       await endpoint.close();
       await listener.close();
     },

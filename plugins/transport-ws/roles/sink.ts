@@ -104,6 +104,7 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
       ...(options.tlsCa !== undefined && { ca: readFileSync(options.tlsCa) }),
       health: () => health.sample(),
       log,
+      onNotice: (notice) => bus.publish(notice.topic, notice.data),
       onConnected: () => {
         log.info({ server: options.server, advertised }, 'sink connected to the server');
         flushHeld();

@@ -82,5 +82,7 @@ export function sampleMessages(): { [T in MessageType]: WireMessageMap[T] } {
     'task.event': { v: 1, type: 'task.event', id: 'm-10', runId: 'run-1', taskId: 'hammer', host: 'web-01', kind: 'finished', at: 1_700_000_065_000, exitCode: 0, durationMs: 60_000, stdoutTail: 'ok\n', stderrTail: '', startedAt: 1_700_000_005_000.4 },
     'metrics.batch': { v: 1, type: 'metrics.batch', id: 'm-11', host: 'web-01', runId: 'run-1', samples: [{ t: 1_700_000_006_000, metric: 'cpu.user', value: 42.5, tags: { core: '0' } }, { t: 1_700_000_006_000, metric: 'mem.used', value: -0 }] },
     'task.status': { v: 1, type: 'task.status', id: 'm-12', runId: 'run-1', taskId: 'hammer', state: 'succeeded', hosts: { total: 50, started: 50, finished: 50, failed: 0, timedout: 0, cancelled: 0 } },
+    'sink.info': { v: 1, type: 'sink.info', id: 'm-13', sink: { url: 'ws://sink.example:7701/ingest', publicKey: key } },
+    notice: { v: 1, type: 'notice', id: 'm-14', topic: 'host.state', data: { id: 'h1', from: 'missing', to: 'lost' } },
   };
 }
