@@ -283,7 +283,8 @@ describe('security end to end: real bolt-core processes on loopback', function (
       const client = await startClient('pinning-host', port);
       await eventually(async () => ((await sessions(serverA)).some((s) => s.id === client.fingerprint) ? true : undefined), 20_000, 'the client on server A');
       const pinsFile = path.join(transportDir(client), PINS_FILE);
-      const pinned = JSON.parse(await readFile(pinsFile, 'utf8')) as Record<string, { server: string }>;
+      // The server lists the session when it sends the welcome; the client pins when it has checked it.
+      const pinned = await eventually(async () => JSON.parse(await readFile(pinsFile, 'utf8')) as Record<string, { server: string }>, 10_000, 'pins.json written');
       expect(pinned[pinOrigin(`ws://127.0.0.1:${port}`)]?.server).to.equal(keyA);
 
       // Server A goes away; server B, with its own data dir and so its own key, takes its ports.
