@@ -8,14 +8,19 @@
  * send garbage). What is shared, to keep a simulated host small: the process, one health
  * sampler (sampled at most once a second), one pin store, one data directory root (each host's
  * replay guard gets its own subfolder, created on its first command).
+ *
+ * With `sink: true` each host also keeps a second connection, to the sink its server's welcome
+ * names (as a client agent does), over which `sendToSink` streams task events and metrics. The
+ * fleet runs no actions: `onDispatch` hands each verified dispatch to the caller.
  */
 
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from '../../plugin-sdk/src/index.ts';
+import type { MetricsBatchMessage, TaskDispatchMessage, TaskEventMessage, WelcomeMessage } from '../../plugin-sdk/src/schemas/wire.ts';
 import type { BackoffOptions } from '../../plugins/transport-ws/client/backoff.ts';
-import { WireClient, type WireClientCounters } from '../../plugins/transport-ws/client/connection.ts';
+import { WireClient, type CommandArrival, type WireClientCounters } from '../../plugins/transport-ws/client/connection.ts';
 import { HealthSampler, type HostHealth } from '../../plugins/transport-ws/client/health-record.ts';
 import { PinStore } from '../../plugins/transport-ws/client/pins.ts';
 import { generateIdentity, localClock, type ClockEstimate } from '../../plugins/transport-ws/protocol/index.ts';
@@ -53,6 +58,14 @@ export interface FleetOptions {
   /** The health record every host sends. Default: one shared HealthSampler, sampled at most once a second. */
   health?: () => HostHealth;
   log?: Logger;
+  /**
+   * Also connect every host to the sink its server's welcome names (same key, role client, the
+   * sink's key taken from the authenticated welcome), following it when a new welcome names
+   * another. Needed for `sendToSink`. Default false.
+   */
+  sink?: boolean;
+  /** Called with every verified dispatch a host received (after its arrival was recorded). */
+  onDispatch?: (index: number, command: TaskDispatchMessage, arrival: CommandArrival) => void;
 }
 
 /** Kinds of injected failure. */
@@ -70,6 +83,8 @@ export interface FleetStats extends Omit<WireClientCounters, 'refusals' | 'comma
   started: number;
   /** Hosts with an open session now. */
   connected: number;
+  /** Hosts with an open session to the sink now (0 without the `sink` option). */
+  sinkConnected: number;
   refusals: Record<string, number>;
   commandsRefused: Record<string, number>;
   /** Every reconnect delay drawn so far (full jitter). */
@@ -93,6 +108,10 @@ interface Member {
   readonly skewMs: number;
   readonly client: WireClient;
   firstAttemptSettled: boolean;
+  /** The connection to the sink (with the `sink` option, once a welcome named one). */
+  sink: WireClient | null;
+  /** The sink key that connection was given. */
+  sinkKey: string | null;
 }
 
 /**
@@ -115,6 +134,7 @@ export class Fleet {
   readonly #attemptTimes: number[] = [];
   readonly #waiters = new Set<() => void>();
   #connected = 0;
+  #sinkConnected = 0;
   #inFirstAttempt = 0;
   #closed = false;
 
@@ -180,9 +200,30 @@ export class Fleet {
     }
   }
 
+  /** Hosts with an open session to the sink now. */
+  get sinkConnected(): number {
+    return this.#sinkConnected;
+  }
+
   /** Resolves once at least `n` hosts are connected; rejects after `timeoutMs` with the stats. */
   waitConnected(n: number = this.options.count, timeoutMs = 60_000): Promise<void> {
     return this.#waitUntil(() => this.#connected >= n, timeoutMs, () => `${this.#connected}/${n} connected; ${JSON.stringify(this.stats())}`);
+  }
+
+  /** Resolves once at least `n` hosts have a sink session (`sink` option); rejects after `timeoutMs`. */
+  waitSinkConnected(n: number = this.options.count, timeoutMs = 60_000): Promise<void> {
+    return this.#waitUntil(() => this.#sinkConnected >= n, timeoutMs, () => `${this.#sinkConnected}/${n} connected to the sink`);
+  }
+
+  /**
+   * Sends a task event or metrics batch from host `index` to its sink. Returns false, sending
+   * nothing, when the host has no open sink session or its socket buffer is full (the caller
+   * retries: nothing is kept here).
+   */
+  sendToSink(index: number, message: TaskEventMessage | MetricsBatchMessage): boolean {
+    const member = this.#members[index];
+    if (member === undefined) throw new RangeError(`host ${index} is not started`);
+    return member.sink?.send(message) ?? false;
   }
 
   /** Totals over every host. */
@@ -191,6 +232,7 @@ export class Fleet {
       clients: this.options.count,
       started: this.#members.length,
       connected: this.#connected,
+      sinkConnected: this.#sinkConnected,
       attempts: 0,
       connects: 0,
       disconnects: 0,
@@ -281,7 +323,7 @@ export class Fleet {
   async close(): Promise<void> {
     this.#closed = true;
     this.#notify();
-    await Promise.all(this.#members.map((m) => m.client.close()));
+    await Promise.all(this.#members.flatMap((m) => (m.sink === null ? [m.client.close()] : [m.client.close(), m.sink.close()])));
     this.#sampler?.close();
     if (this.#ownsDataRoot) fs.rmSync(this.dataRoot, { recursive: true, force: true });
   }
@@ -315,9 +357,10 @@ export class Fleet {
       ...(options.latencyMs !== undefined && { latencyMs: options.latencyMs }),
       heartbeats: options.heartbeats ?? true,
       deferFrames: true,
-      onConnected: () => {
+      onConnected: (_session, welcome) => {
         this.#connected++;
         settleFirst();
+        if (options.sink === true) this.#followSink(member, welcome);
         this.#notify();
       },
       onDisconnected: () => {
@@ -334,12 +377,55 @@ export class Fleet {
         if (byHost === undefined) this.#arrivals.set(command.id, (byHost = new Map()));
         byHost.set(index, arrival.arrivedAt);
         this.#notify();
+        options.onDispatch?.(index, command, arrival);
       },
     });
-    const member: Member = { index, name, skewMs, client, firstAttemptSettled: false };
+    const member: Member = { index, name, skewMs, client, firstAttemptSettled: false, sink: null, sinkKey: null };
     this.#members.push(member);
     this.#inFirstAttempt++;
     client.start();
+  }
+
+  /** Connects host `member` to the sink `welcome` names; a welcome naming another sink (or none) replaces the connection. */
+  #followSink(member: Member, welcome: WelcomeMessage): void {
+    const target = welcome.sink;
+    const current = member.sink;
+    if (current !== null && target !== undefined && current.url === target.url && member.sinkKey === target.publicKey) return;
+    if (current !== null) {
+      member.sink = null;
+      member.sinkKey = null;
+      void current.close();
+    }
+    if (target === undefined || this.#closed) return;
+    const { options } = this;
+    const sink: WireClient = new WireClient({
+      url: target.url,
+      identity: member.client.identity,
+      host: member.name,
+      role: 'client',
+      expectRole: 'sink',
+      // The server vouched for this key in the authenticated welcome.
+      serverKey: target.publicKey,
+      ...(options.labels !== undefined && { labels: typeof options.labels === 'function' ? options.labels(member.index) : options.labels }),
+      ...(member.skewMs !== 0 && { clock: () => localClock() + member.skewMs }),
+      ...(options.ca !== undefined && { ca: options.ca }),
+      ...(options.log !== undefined && { log: options.log }),
+      ...(options.backoff !== undefined && { backoff: options.backoff }),
+      ...(options.latencyMs !== undefined && { latencyMs: options.latencyMs }),
+      deferFrames: true,
+      onConnected: () => {
+        this.#sinkConnected++;
+        this.#notify();
+      },
+      // Also called when a replaced or closed connection's session ends.
+      onDisconnected: () => {
+        this.#sinkConnected--;
+        this.#notify();
+      },
+    });
+    member.sink = sink;
+    member.sinkKey = target.publicKey;
+    sink.start();
   }
 
   /** Resolves at the next change of connections, first attempts or arrivals. */

@@ -178,7 +178,7 @@ interface AdminInfo {
  * The server watches this copy, not the working tree: an edit under plugins/ while a benchmark
  * runs would otherwise hot-reload the transport and drop every session.
  */
-function snapshotPlugins(dir: string, names: readonly string[]): string {
+export function snapshotPlugins(dir: string, names: readonly string[]): string {
   const tree = path.join(dir, 'tree');
   const plugins = path.join(tree, 'plugins');
   fs.mkdirSync(plugins, { recursive: true });

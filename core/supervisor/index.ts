@@ -336,13 +336,16 @@ export class Supervisor extends EventEmitter {
   }
 
   private startHeartbeat(record: PluginRecord, host: PluginHost): void {
-    const { heartbeatIntervalMs, watchdogTimeoutMs } = this.opts.config.supervisor;
+    const { heartbeatIntervalMs, watchdogTimeoutMs, startTimeoutMs } = this.opts.config.supervisor;
     let seq = 0;
     record.lastPong = Date.now();
     record.heartbeat = setInterval(() => {
-      if (Date.now() - record.lastPong > watchdogTimeoutMs) {
+      // Loading a plugin (its imports, its start) may hold its event loop longer than a running
+      // plugin ever should, most of all when many processes start at once: it gets the start deadline.
+      const limit = record.state === 'loading' ? Math.max(startTimeoutMs, watchdogTimeoutMs) : watchdogTimeoutMs;
+      if (Date.now() - record.lastPong > limit) {
         this.stopHeartbeat(record);
-        record.hostError = { code: 'BOLT_ERR_PLUGIN_UNRESPONSIVE', message: `'${record.name}' did not answer heartbeats for ${watchdogTimeoutMs} ms (endless loop?); terminated` };
+        record.hostError = { code: 'BOLT_ERR_PLUGIN_UNRESPONSIVE', message: `'${record.name}' did not answer heartbeats for ${limit} ms (endless loop?); terminated` };
         void host.terminate();
         return;
       }
