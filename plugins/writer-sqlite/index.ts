@@ -11,6 +11,7 @@
 import path from 'node:path';
 import { BoltError, defineWriter, type PluginContext } from 'bolt-plugin-sdk';
 import { IngestQueue, type IngestSettings } from './ingest.ts';
+import { metricsView } from './query.ts';
 import {
   commitRecord,
   statusOfTask,
@@ -26,6 +27,7 @@ import { DEFAULT_STORE_FILENAME, SinkStore, type DispatchRecord, type RunRecord,
 interface Config extends IngestSettings {
   busyTimeoutMs: number;
   cacheSizeMb: number;
+  bucketMs: number;
 }
 
 interface Running {
@@ -64,11 +66,11 @@ function runRecord(store: SinkStore, run: Record<string, unknown>): RunRecord {
   };
 }
 
-function commit(store: SinkStore, queue: IngestQueue, data: unknown): CommitTaskStatusResponse {
+async function commit(store: SinkStore, queue: IngestQueue, data: unknown): Promise<CommitTaskStatusResponse> {
   if (!isObject(data)) badRequest('sink.store.commitTaskStatus', '{ runId, taskId, state, hosts, lost? }');
   const req = data as unknown as CommitTaskStatusRequest;
   // The events received before the status are stored first, and made durable with it.
-  queue.flush(true);
+  await queue.settle();
   let outcome: CommitTaskStatusResponse['outcome'];
   try {
     outcome = store.commitTaskStatus(commitRecord(req)).duplicate ? 'duplicate' : 'committed';
@@ -96,24 +98,6 @@ function runView(store: SinkStore, runId: string): RunView | null {
   return { run, tasks };
 }
 
-function metricsView(store: SinkStore, data: unknown): MetricsView {
-  if (!isObject(data) || typeof data.runId !== 'string') badRequest('sink.metrics', '{ runId, metric?, host?, taskId?, from?, to? }');
-  const { runId, metric, host, taskId, from, to } = data;
-  const metrics = typeof metric === 'string' ? [metric] : store.listMetrics(runId);
-  return metrics.flatMap((name) =>
-    store
-      .querySamples({
-        runId,
-        metric: name,
-        ...(typeof host === 'string' && { host }),
-        ...(typeof taskId === 'string' && { taskId }),
-        ...(optionalNumber(from) !== undefined && { from: from as number }),
-        ...(optionalNumber(to) !== undefined && { to: to as number }),
-      })
-      .map((series) => ({ metric: name, ...series })),
-  );
-}
-
 function subscribe(ctx: PluginContext<Config>, store: SinkStore, queue: IngestQueue): void {
   const { bus, log } = ctx;
   bus.subscribe('sink.task.event', (data) => {
@@ -125,8 +109,7 @@ function subscribe(ctx: PluginContext<Config>, store: SinkStore, queue: IngestQu
       return void log.warn({ id: isObject(data) ? data.id : undefined }, 'sink.metrics.batch without an id or samples dropped');
     }
     const runId = typeof data.runId === 'string' ? data.runId : undefined;
-    const samples = (data.samples as SampleInput[]).map((s) => (runId === undefined ? s : { ...s, runId }));
-    queue.addBatch({ batchId: data.id, host: data.host as string, samples });
+    queue.addBatch({ batchId: data.id, host: data.host as string, ...(runId !== undefined && { runId }), samples: data.samples as SampleInput[] });
   });
   // Runs and dispatches are rare: stored at once, each in its own transaction.
   bus.subscribe('run.updated', (data) => {
@@ -155,16 +138,16 @@ function provide(ctx: PluginContext<Config>, store: SinkStore, queue: IngestQueu
     if (!isObject(data) || typeof data.runId !== 'string' || typeof data.taskId !== 'string') badRequest('sink.store.markPublished', '{ runId, taskId, at? }');
     return store.markStatusPublished(data.runId, data.taskId, optionalNumber(data.at) ?? Date.now());
   });
-  bus.provide('sink.store.pending', (data): PendingResponse => {
-    queue.flush(true);
+  bus.provide('sink.store.pending', async (data): Promise<PendingResponse> => {
+    await queue.settle();
     const eventsSince = isObject(data) ? optionalNumber(data.eventsSince) : undefined;
     return {
       tasks: store.listPendingTasks(eventsSince === undefined ? {} : { eventsSince }),
       unpublished: store.listUnpublishedTasks().map(statusOfTask),
     };
   });
-  bus.provide('sink.runs', (data): RunsView => {
-    queue.flush(true);
+  bus.provide('sink.runs', async (data): Promise<RunsView> => {
+    await queue.settle();
     const filter = isObject(data) ? data : {};
     return store.listRuns({
       ...(typeof filter.state === 'string' && { state: filter.state }),
@@ -172,23 +155,23 @@ function provide(ctx: PluginContext<Config>, store: SinkStore, queue: IngestQueu
       ...(optionalNumber(filter.limit) !== undefined && { limit: filter.limit as number }),
     });
   });
-  bus.provide('sink.run', (data): RunView | null => {
+  bus.provide('sink.run', async (data): Promise<RunView | null> => {
     if (!isObject(data) || typeof data.runId !== 'string') badRequest('sink.run', '{ runId }');
-    queue.flush(true);
+    await queue.settle();
     return runView(store, data.runId);
   });
-  bus.provide('sink.metrics', (data): MetricsView => {
-    queue.flush(true);
+  bus.provide('sink.metrics', async (data): Promise<MetricsView> => {
+    await queue.settle();
     return metricsView(store, data);
   });
-  bus.provide('sink.store.stats', () => ({ ...queue.stats, pending: queue.pending, file: store.file }));
+  bus.provide('sink.store.stats', () => ({ ...queue.stats, pending: queue.pending, pendingSamples: queue.pendingSamples, file: store.file }));
 }
 
 export default defineWriter<Config>({
   start(ctx) {
     const { config, log } = ctx;
     const file = path.join(ctx.dataDir, DEFAULT_STORE_FILENAME);
-    const store = new SinkStore(file, { busyTimeoutMs: config.busyTimeoutMs, cacheSizeMb: config.cacheSizeMb });
+    const store = new SinkStore(file, { busyTimeoutMs: config.busyTimeoutMs, cacheSizeMb: config.cacheSizeMb, bucketMs: config.bucketMs });
     const queue = new IngestQueue(store, config, log);
     subscribe(ctx, store, queue);
     provide(ctx, store, queue);
@@ -201,7 +184,7 @@ export default defineWriter<Config>({
     }, 60_000);
     statsTimer.unref();
     running = { store, queue, statsTimer };
-    log.info({ file, schemaVersion: store.schemaVersion, flushIntervalMs: config.flushIntervalMs }, 'sink store open');
+    log.info({ file, schemaVersion: store.schemaVersion, flushIntervalMs: config.flushIntervalMs, bucketMs: config.bucketMs }, 'sink store open');
   },
   stop(ctx) {
     if (running === null) return;

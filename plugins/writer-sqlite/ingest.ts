@@ -1,15 +1,22 @@
 /**
  * Group commit for the sink's stream of task events and metrics batches: messages are collected
  * for `flushIntervalMs` (or until `maxBatchMessages` are waiting) and stored with one transaction
- * for the events and one for the batches. Idempotency stays with the store (message ids).
+ * for the events and one for the batches, of at most `maxBatchMessages` messages and
+ * MAX_SAMPLES_PER_WRITE samples; a longer queue is stored in several, with the event loop running
+ * between them. Taking a message only queues it: no write runs inside a bus handler, so the
+ * worker keeps reading its messages (and answering the supervisor's heartbeats) while a backlog is
+ * stored. Idempotency stays with the store (message ids).
  *
  * Guarantees:
  * - Messages are stored in arrival order, each once (a resent id is a duplicate in the store).
  * - A message the store refuses as malformed (BOLT_ERR_STORE_BAD_RECORD) is logged and dropped
  *   alone; the others of its group are stored.
  * - When SQLite refuses a write (disk full, I/O error, lock held too long), every message stays
- *   queued and the write is retried after `retryMs`. Past `maxPendingMessages` the oldest queued
- *   messages are dropped and counted (`stats.dropped`), so memory stays bounded.
+ *   queued and the write is retried after `retryMs`.
+ * - Memory stays bounded: past `maxPendingMessages` messages or `maxPendingSamples` samples queued
+ *   (writes failing, or more arriving than the disk and CPU can store), the oldest queued messages
+ *   are dropped, counted (`stats.dropped`, `stats.droppedSamples`) and logged at error level (at
+ *   most every 10 s).
  */
 import { BoltError } from '../../plugin-sdk/src/errors.ts';
 import type { Logger } from '../../plugin-sdk/src/index.ts';
@@ -19,6 +26,7 @@ export interface IngestSettings {
   flushIntervalMs: number;
   maxBatchMessages: number;
   maxPendingMessages: number;
+  maxPendingSamples: number;
   /** Wait before writing again after SQLite refused a write. */
   retryMs: number;
 }
@@ -30,24 +38,51 @@ export interface IngestStats {
   duplicates: number;
   /** Messages refused as malformed. */
   rejected: number;
-  /** Messages dropped because the queue was full while writes failed. */
+  /** Messages dropped because the queue was full (writes failing, or falling behind), and their samples. */
   dropped: number;
+  droppedSamples: number;
   /** Transactions that stored a group. */
   flushes: number;
   failedWrites: number;
+  /** Milliseconds spent in writes (successful or not), in total, and the longest one. */
+  writeMs: number;
+  maxWriteMs: number;
 }
 
 type Queued = { kind: 'event'; record: TaskEventRecord } | { kind: 'batch'; record: SampleBatch };
 
+/**
+ * Samples stored in one transaction at most (a message with more still goes alone). About 20 ms of
+ * the writer's thread at ~250,000 samples per CPU-second, so a backlog is stored in steps short
+ * enough for the worker to answer its heartbeats (the supervisor ends a worker silent for 2 s)
+ * even when it gets only a fraction of a core on a busy machine.
+ */
+export const MAX_SAMPLES_PER_WRITE = 5_000;
+/** Dropping because the queue is full is logged at most this often. */
+const DROP_LOG_EVERY_MS = 10_000;
+
+/** Samples a message carries (an event counts as one). */
+function weightOf(item: Queued): number {
+  return item.kind === 'batch' && Array.isArray(item.record.samples) ? item.record.samples.length : 1;
+}
+
 export class IngestQueue {
-  readonly stats: IngestStats = { events: 0, batches: 0, samples: 0, duplicates: 0, rejected: 0, dropped: 0, flushes: 0, failedWrites: 0 };
+  readonly stats: IngestStats = { events: 0, batches: 0, samples: 0, duplicates: 0, rejected: 0, dropped: 0, droppedSamples: 0, flushes: 0, failedWrites: 0, writeMs: 0, maxWriteMs: 0 };
   readonly #store: SinkStore;
   readonly #settings: IngestSettings;
   readonly #log: Logger;
   #queue: Queued[] = [];
+  /** Samples in #queue (events count one each). */
+  #queuedSamples = 0;
+  /** Messages ever queued (the ones stored, dropped or refused are no longer in #queue). */
+  #added = 0;
   #timer: NodeJS.Timeout | null = null;
+  /** The next step of storing a backlog, when one is under way. */
+  #next: NodeJS.Immediate | null = null;
   #blockedUntil = 0;
   #closed = false;
+  #dropLoggedAt = 0;
+  #droppedSinceLog = 0;
 
   constructor(store: SinkStore, settings: IngestSettings, log: Logger) {
     this.#store = store;
@@ -60,6 +95,11 @@ export class IngestQueue {
     return this.#queue.length;
   }
 
+  /** Samples waiting to be stored (events count one each). */
+  get pendingSamples(): number {
+    return this.#queuedSamples;
+  }
+
   addEvent(record: TaskEventRecord): void {
     this.#add({ kind: 'event', record });
   }
@@ -69,43 +109,38 @@ export class IngestQueue {
   }
 
   /**
-   * Stores everything queued now (unless writes are failing and the retry time has not come,
-   * or `force` is set). Returns true when the queue is empty afterwards.
+   * Stores everything queued now, one bounded transaction after the other without yielding, also
+   * while writes are failing (one more try). Returns true when the queue is empty afterwards. For
+   * stopping; requests use `settle`.
    */
-  flush(force = false): boolean {
-    if (this.#timer !== null) {
-      clearTimeout(this.#timer);
-      this.#timer = null;
+  flush(): boolean {
+    this.#cancelTimer();
+    while (this.#queue.length > 0) if (!this.#writeOne()) return false;
+    return true;
+  }
+
+  /**
+   * Stores the messages queued at the time of the call, one bounded transaction at a time, and lets
+   * the worker's event loop run between transactions (its heartbeats, other requests, new
+   * messages, which queue behind). Resolves true once they are stored (or dropped because the
+   * queue overflowed), false when a write failed (they stay queued for the retry).
+   */
+  async settle(): Promise<boolean> {
+    const target = this.#added;
+    this.#cancelTimer();
+    while (this.#added - this.#queue.length < target) {
+      if (!this.#writeOne()) return false;
+      if (this.#added - this.#queue.length < target) await new Promise<void>((resolve) => setImmediate(resolve));
     }
-    if (this.#queue.length === 0) return true;
-    if (!force && Date.now() < this.#blockedUntil) {
-      this.#schedule(this.#blockedUntil - Date.now());
-      return false;
-    }
-    const group = this.#queue;
-    this.#queue = [];
-    try {
-      this.#write(group);
-      this.#blockedUntil = 0;
-      return this.#queue.length === 0;
-    } catch (err) {
-      // Nothing of the failed transaction was stored: put the group back in front, in order.
-      this.#queue = group.concat(this.#queue);
-      this.stats.failedWrites++;
-      this.#blockedUntil = Date.now() + this.#settings.retryMs;
-      this.#log.error({ code: (err as BoltError).code, err: String(err), pending: this.#queue.length, retryMs: this.#settings.retryMs }, 'storing task events and metrics failed; retrying');
-      this.#trim();
-      this.#schedule(this.#settings.retryMs);
-      return false;
-    }
+    if (this.#queue.length > 0) this.#schedule(this.#settings.flushIntervalMs);
+    return true;
   }
 
   /** Stores what is queued (one last try) and stops the timer. */
   close(): void {
-    this.flush(true);
+    this.flush();
     this.#closed = true;
-    if (this.#timer !== null) clearTimeout(this.#timer);
-    this.#timer = null;
+    this.#cancelTimer();
   }
 
   #add(item: Queued): void {
@@ -115,25 +150,116 @@ export class IngestQueue {
       return;
     }
     this.#queue.push(item);
+    this.#queuedSamples += weightOf(item);
+    this.#added++;
     this.#trim();
-    if (this.#queue.length >= this.#settings.maxBatchMessages && Date.now() >= this.#blockedUntil) this.flush();
-    else if (this.#timer === null) this.#schedule(Math.max(this.#settings.flushIntervalMs, this.#blockedUntil - Date.now()));
+    const blocked = Date.now() < this.#blockedUntil;
+    if (!blocked && (this.#queue.length >= this.#settings.maxBatchMessages || this.#queuedSamples >= MAX_SAMPLES_PER_WRITE)) {
+      // A full group: store it right after the messages waiting now have been read.
+      if (this.#next === null) {
+        this.#cancelTimer();
+        this.#kick();
+      }
+    } else if (this.#timer === null && this.#next === null) {
+      this.#schedule(Math.max(this.#settings.flushIntervalMs, this.#blockedUntil - Date.now()));
+    }
+  }
+
+  /**
+   * Writes one transaction and, while messages remain, the next one after the event loop had its
+   * turn: a backlog is worked off at full speed, yet no single write holds the worker for long.
+   */
+  #drain(): void {
+    if (Date.now() < this.#blockedUntil) return this.#schedule(this.#blockedUntil - Date.now());
+    if (!this.#writeOne() || this.#queue.length === 0 || this.#timer !== null || this.#next !== null) return;
+    this.#kick();
+  }
+
+  #kick(): void {
+    this.#next = setImmediate(() => {
+      this.#next = null;
+      this.#drain();
+    });
   }
 
   #schedule(ms: number): void {
-    if (this.#timer !== null || this.#closed) return;
+    if (this.#timer !== null || this.#next !== null || this.#closed) return;
     this.#timer = setTimeout(() => {
       this.#timer = null;
-      this.flush();
+      this.#drain();
     }, ms);
   }
 
+  #cancelTimer(): void {
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    if (this.#next !== null) clearImmediate(this.#next);
+    this.#timer = null;
+    this.#next = null;
+  }
+
+  /**
+   * Stores the oldest queued messages, at most maxBatchMessages of them and MAX_SAMPLES_PER_WRITE
+   * samples (at least one message), in one transaction per kind. Returns false when SQLite
+   * refused the write: the messages are back in front of the queue and a retry is scheduled.
+   */
+  #writeOne(): boolean {
+    if (this.#queue.length === 0) return true;
+    let count = 0;
+    let weight = 0;
+    while (count < this.#queue.length && count < this.#settings.maxBatchMessages) {
+      const w = weightOf(this.#queue[count]!);
+      if (count > 0 && weight + w > MAX_SAMPLES_PER_WRITE) break;
+      weight += w;
+      count++;
+    }
+    const group = this.#queue.splice(0, count);
+    this.#queuedSamples -= weight;
+    const began = performance.now();
+    try {
+      this.#write(group);
+      this.#blockedUntil = 0;
+      return true;
+    } catch (err) {
+      // Nothing of the failed transaction was stored: put the group back in front, in order.
+      this.#queue = group.concat(this.#queue);
+      this.#queuedSamples += weight;
+      this.stats.failedWrites++;
+      this.#blockedUntil = Date.now() + this.#settings.retryMs;
+      this.#log.error({ code: (err as BoltError).code, err: String(err), pending: this.#queue.length, retryMs: this.#settings.retryMs }, 'storing task events and metrics failed; retrying');
+      this.#trim();
+      this.#cancelTimer();
+      this.#schedule(this.#settings.retryMs);
+      return false;
+    } finally {
+      const ms = performance.now() - began;
+      this.stats.writeMs += ms;
+      if (ms > this.stats.maxWriteMs) this.stats.maxWriteMs = ms;
+    }
+  }
+
+  /** Drops the oldest queued messages while the queue holds more than its bounds. */
   #trim(): void {
-    const excess = this.#queue.length - this.#settings.maxPendingMessages;
-    if (excess <= 0) return;
-    this.#queue.splice(0, excess);
-    this.stats.dropped += excess;
-    this.#log.error({ dropped: excess, droppedTotal: this.stats.dropped, maxPendingMessages: this.#settings.maxPendingMessages }, 'sink store queue full while writes fail: oldest task events and metrics dropped');
+    const { maxPendingMessages, maxPendingSamples } = this.#settings;
+    let drop = 0;
+    let samples = 0;
+    while (drop < this.#queue.length - 1 && (this.#queue.length - drop > maxPendingMessages || this.#queuedSamples - samples > maxPendingSamples)) {
+      samples += weightOf(this.#queue[drop]!);
+      drop++;
+    }
+    if (drop === 0) return;
+    this.#queue.splice(0, drop);
+    this.#queuedSamples -= samples;
+    this.stats.dropped += drop;
+    this.stats.droppedSamples += samples;
+    this.#droppedSinceLog += drop;
+    const now = Date.now();
+    if (now - this.#dropLoggedAt < DROP_LOG_EVERY_MS) return;
+    this.#log.error(
+      { dropped: this.#droppedSinceLog, droppedTotal: this.stats.dropped, droppedSamplesTotal: this.stats.droppedSamples, pending: this.#queue.length, pendingSamples: this.#queuedSamples, maxPendingMessages, maxPendingSamples, failingWrites: now < this.#blockedUntil },
+      'sink store queue full (writes failing, or more arriving than can be stored): oldest task events and metrics dropped',
+    );
+    this.#dropLoggedAt = now;
+    this.#droppedSinceLog = 0;
   }
 
   /** One transaction for the events of the group, one for its batches. Throws on a write failure. */

@@ -6,7 +6,7 @@
  */
 import { BoltError } from '../../plugin-sdk/src/errors.ts';
 import type { TaskHostCounts, TaskStatusMessage } from '../../plugin-sdk/src/schemas/wire.ts';
-import type { DispatchRecord, HostCounts, HostResult, PendingTask, RunSummary, Series, StoredRun, StoredTask, TaskStatusRecord, UnreportedHost } from './store.ts';
+import type { BucketSeries, DispatchRecord, HostCounts, HostResult, PendingTask, RunMetricsSummary, RunSummary, Series, StoredRun, StoredTask, TaskStatusRecord, UnreportedHost } from './store.ts';
 
 /**
  * The `task.status` bus message: the wire message without envelope, plus `lost` (hosts that never
@@ -60,8 +60,48 @@ export interface RunView {
 /** `sink.runs` response. */
 export type RunsView = RunSummary[];
 
-/** `sink.metrics` response: one series per metric, host and tag set. */
-export type MetricsView = Array<Series & { metric: string }>;
+/** The statistics `agg` can pick out of the aggregate buckets. */
+export const BUCKET_STATS = ['count', 'sum', 'min', 'mean', 'p50', 'p95', 'max'] as const;
+export type BucketStat = (typeof BUCKET_STATS)[number];
+
+/** What `sink.metrics` can return: see MetricsView. */
+export type MetricsAgg = 'fleet' | BucketStat | 'raw' | 'summary';
+
+/**
+ * `sink.metrics` request (the query of `GET /api/runs/:id/metrics`). `task` and `taskId` are the
+ * same filter. `agg` defaults to `raw` with `host`, else `fleet`.
+ */
+export interface MetricsRequest {
+  runId: string;
+  metric?: string;
+  host?: string;
+  task?: string;
+  taskId?: string;
+  from?: number;
+  to?: number;
+  agg?: MetricsAgg;
+}
+
+/** One metric's raw series: one per host, task and tag set. */
+export type RawSeriesView = Series & { metric: string };
+/** One metric's aggregate buckets across hosts, every statistic. */
+export type FleetSeriesView = BucketSeries & { metric: string };
+/** One statistic of one metric's aggregate buckets across hosts, as `t` and `values`. */
+export interface StatSeriesView {
+  metric: string;
+  task: string | null;
+  tags: Record<string, string>;
+  bucketMs: number;
+  stat: BucketStat;
+  t: number[];
+  values: number[];
+}
+
+/**
+ * `sink.metrics` response, by `agg`: `raw` RawSeriesView[]; `fleet` FleetSeriesView[]; a
+ * statistic StatSeriesView[]; `summary` RunMetricsSummary. Without `metric`, every metric of the run.
+ */
+export type MetricsView = RawSeriesView[] | FleetSeriesView[] | StatSeriesView[] | RunMetricsSummary;
 
 /**
  * The store's host counts for a task.status: finished is `ok`; failed, timedout and cancelled are

@@ -18,18 +18,24 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { BoltError } from '../../plugin-sdk/src/errors.ts';
 import type { TaskEventKind, TaskEventMessage, TaskStatusMessage } from '../../plugin-sdk/src/schemas/wire.ts';
+import { ValueDigest } from './digest.ts';
 
 /** File name of the store inside the sink's data directory. */
 export const DEFAULT_STORE_FILENAME = 'sink.sqlite';
 
 /** The schema version this code writes; older files are migrated forward on open. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 export interface SinkStoreOptions {
   /** How long a write waits for another connection's lock before failing, in ms. Default 5000. */
   busyTimeoutMs?: number;
   /** SQLite page cache of this connection, in MiB. Default 32. */
   cacheSizeMb?: number;
+  /**
+   * Width of the aggregate buckets of runs that get their first sample from now on, in ms.
+   * Default 1000. A run keeps the width it started with.
+   */
+  bucketMs?: number;
 }
 
 /**
@@ -170,7 +176,11 @@ export interface HostResult {
   stderrTail: string | null;
 }
 
-/** One sample to ingest. `t` is epoch ms on the server's clock, stored rounded to whole ms. */
+/**
+ * One sample to ingest. `t` is epoch ms on the server's clock, stored rounded to whole ms.
+ * In a run, a `task` tag names the sample's task (as collectors send it): it is stored as the
+ * task, not as a tag. `taskId`, when given, wins over the tag.
+ */
 export interface SampleInput {
   t: number;
   metric: string;
@@ -178,7 +188,7 @@ export interface SampleInput {
   tags?: Record<string, string>;
   /** The task the sample belongs to; needs runId. */
   taskId?: string;
-  /** Omitted: a host metric outside any run, stored with no run. */
+  /** Omitted: the batch's runId; without either, a host metric outside any run, stored with no run. */
   runId?: string;
 }
 
@@ -186,6 +196,8 @@ export interface SampleInput {
 export interface SampleBatch {
   batchId: string;
   host: string;
+  /** The run of every sample that names none itself. */
+  runId?: string;
   samples: SampleInput[];
 }
 
@@ -202,14 +214,79 @@ export interface SampleQuery {
   /** Inclusive bounds on t, epoch ms. */
   from?: number;
   to?: number;
+  /** More matching samples than this: BOLT_ERR_METRICS_BAD_QUERY (after reading limit + 1 rows, no more). */
+  limit?: number;
 }
 
-/** One series: the points of one metric from one host with one tag set, in time order. */
+/** One series: the points of one metric from one host in one task with one tag set, in time order. */
 export interface Series {
   host: string;
+  /** The task of the samples; null for samples of the run outside any task. */
+  task: string | null;
   tags: Record<string, string>;
   t: number[];
   values: number[];
+}
+
+export interface BucketQuery {
+  runId: string;
+  metric: string;
+  /** Only this task's buckets; null: only samples outside any task; omitted: every task. */
+  taskId?: string | null;
+  /** Inclusive bounds on the bucket start, epoch ms. */
+  from?: number;
+  to?: number;
+}
+
+/**
+ * Aggregates across hosts of one metric in one task with one tag set: one entry per time bucket
+ * (`t` is the bucket start; a bucket holds samples with bucketStart <= t < bucketStart + bucketMs).
+ * p50 and p95 are nearest-rank quantiles (exact up to 256 samples per bucket, else within 1%:
+ * see digest.ts).
+ */
+export interface BucketSeries {
+  task: string | null;
+  tags: Record<string, string>;
+  bucketMs: number;
+  t: number[];
+  count: number[];
+  sum: number[];
+  min: number[];
+  mean: number[];
+  p50: number[];
+  p95: number[];
+  max: number[];
+}
+
+/** Statistics of a set of samples; quantiles are nearest-rank. */
+export interface SampleStats {
+  count: number;
+  min: number;
+  mean: number;
+  p50: number;
+  p95: number;
+  max: number;
+  sum: number;
+  /** Time of the first and the last sample (or bucket start), epoch ms. */
+  from: number;
+  to: number;
+}
+
+/** One row of a run's metric summary: one metric in one task with one tag set, on one host or on all. */
+export interface MetricSummary extends SampleStats {
+  metric: string;
+  task: string | null;
+  /** null: every host (from the aggregate buckets: quantiles within 1%, see digest.ts). */
+  host: string | null;
+  tags: Record<string, string>;
+}
+
+/** A run's metric summary: fleet rows (host null) first, then per-host rows (exact). */
+export interface RunMetricsSummary {
+  runId: string;
+  /** Width of the run's aggregate buckets; null when it has no samples. */
+  bucketMs: number | null;
+  rows: MetricSummary[];
 }
 
 export interface RunFilter {
@@ -339,9 +416,48 @@ export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
       CREATE INDEX dispatches_by_task ON dispatches (task);
     `,
   },
+  {
+    // Aggregates across hosts per run, metric, task, tag set and time bucket, kept as samples
+    // arrive. task 0: samples of the run outside any task. Runs stored before this version have
+    // no buckets.
+    version: 3,
+    sql: `
+      ALTER TABLE runs ADD COLUMN bucket_ms INTEGER;
+      CREATE TABLE sample_buckets (
+        run INTEGER NOT NULL REFERENCES runs (id),
+        metric INTEGER NOT NULL REFERENCES metrics (id),
+        task INTEGER NOT NULL,
+        tags INTEGER NOT NULL REFERENCES tag_sets (id),
+        t INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        sum REAL NOT NULL,
+        min REAL NOT NULL,
+        max REAL NOT NULL,
+        p50 REAL NOT NULL,
+        p95 REAL NOT NULL,
+        digest BLOB NOT NULL
+      );
+      CREATE UNIQUE INDEX sample_buckets_key ON sample_buckets (run, metric, task, tags, t);
+    `,
+  },
 ];
 
 type Statement = Database.Statement<unknown[]>;
+
+/** The values one write adds to one aggregate bucket. */
+interface BucketDelta {
+  run: number;
+  metric: number;
+  task: number;
+  tags: number;
+  t: number;
+  values: number[];
+}
+
+/** Default width of aggregate buckets, ms. */
+const DEFAULT_BUCKET_MS = 1000;
+/** Decoded bucket digests kept between writes (the buckets samples are arriving for). */
+const MAX_CACHED_DIGESTS = 20_000;
 
 interface RunRow {
   run_id: string;
@@ -445,9 +561,20 @@ export class SinkStore {
     | 'hostName'
     | 'tagsJson'
     | 'metricsByName'
-    | 'exportMetric',
+    | 'exportMetric'
+    | 'runBucketMs'
+    | 'runAndBucketMs'
+    | 'setRunBucketMs'
+    | 'bucketDigest'
+    | 'upsertBucket'
+    | 'bucketsOfMetric'
+    | 'hostsOfRun'
+    | 'samplesOfRunHost'
+    | 'taskName'
+    | 'metricName',
     Statement
   >;
+  readonly #bucketMs: number;
   // Dimension ids by name. Entries added inside a transaction that rolls back would point at rows
   // that no longer exist, so every failed write clears all of them (see #write).
   readonly #runKeys = new Map<string, number>();
@@ -455,6 +582,10 @@ export class SinkStore {
   readonly #hostKeys = new Map<string, number>();
   readonly #metricKeys = new Map<string, number>();
   readonly #tagKeys = new Map<string, number>();
+  /** Bucket width by run row id. */
+  readonly #runBuckets = new Map<number, number>();
+  /** Digests of recently written buckets, by bucket key; always equal to the stored row. */
+  readonly #digests = new Map<string, ValueDigest>();
   readonly #queries = new Map<string, Statement>();
   #closed = false;
 
@@ -464,6 +595,7 @@ export class SinkStore {
    */
   constructor(file: string, opts: SinkStoreOptions = {}) {
     this.file = file;
+    this.#bucketMs = Math.max(1, Math.floor(opts.bucketMs ?? DEFAULT_BUCKET_MS));
     let db: Database.Database | undefined;
     try {
       mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
@@ -601,6 +733,29 @@ export class SinkStore {
         SELECT s.t, (SELECT name FROM hosts WHERE id = s.host), (SELECT task_id FROM tasks WHERE id = s.task),
           (SELECT tags FROM tag_sets WHERE id = s.tags), s.value
         FROM samples s WHERE s.run = ? AND s.metric = ? ORDER BY s.t, s.rowid`).raw(),
+      runBucketMs: prepare('SELECT bucket_ms FROM runs WHERE id = ?').pluck(),
+      runAndBucketMs: prepare('SELECT id, bucket_ms FROM runs WHERE run_id = ?'),
+      setRunBucketMs: prepare('UPDATE runs SET bucket_ms = ? WHERE id = ?'),
+      bucketDigest: prepare('SELECT digest FROM sample_buckets WHERE run = ? AND metric = ? AND task = ? AND tags = ? AND t = ?').pluck(),
+      upsertBucket: prepare(`
+        INSERT INTO sample_buckets (run, metric, task, tags, t, count, sum, min, max, p50, p95, digest)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (run, metric, task, tags, t) DO UPDATE SET
+          count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max,
+          p50 = excluded.p50, p95 = excluded.p95, digest = excluded.digest`),
+      // Walks sample_buckets_key in order: one task and tag set after the other.
+      bucketsOfMetric: prepare('SELECT task, tags, t, digest FROM sample_buckets WHERE run = ? AND metric = ? ORDER BY task, tags, t').raw(),
+      // A loose index scan of samples_by_run_host: one seek per distinct host.
+      hostsOfRun: prepare(`
+        WITH RECURSIVE h(id) AS (
+          SELECT (SELECT min(host) FROM samples WHERE run = @run)
+          UNION ALL
+          SELECT (SELECT min(host) FROM samples WHERE run = @run AND host > h.id) FROM h WHERE h.id IS NOT NULL
+        ) SELECT id FROM h WHERE id IS NOT NULL`).pluck(),
+      // Walks samples_by_run_host: one metric after the other, no sort.
+      samplesOfRunHost: prepare('SELECT metric, task, tags, t, value FROM samples WHERE run = ? AND host = ? ORDER BY metric').raw(),
+      taskName: prepare('SELECT task_id FROM tasks WHERE id = ?').pluck(),
+      metricName: prepare('SELECT name FROM metrics WHERE id = ?').pluck(),
     };
   }
 
@@ -660,21 +815,33 @@ export class SinkStore {
    * Stores one metrics batch in one transaction. A batch id seen before stores nothing and
    * returns `{ duplicate: true, stored: 0 }`.
    */
-  ingestSamples(batchId: string, hostName: string, samples: readonly SampleInput[]): IngestResult {
-    return this.#write(() => this.#ingest(batchId, hostName, samples));
+  ingestSamples(batchId: string, hostName: string, samples: readonly SampleInput[], runId?: string): IngestResult {
+    return this.#write(() => {
+      const buckets = new Map<string, BucketDelta>();
+      const result = this.#ingest(batchId, hostName, samples, runId, buckets);
+      this.#applyBuckets(buckets);
+      return result;
+    });
   }
 
   /**
    * Stores several metrics batches in one transaction (group commit: one WAL append for all of
    * them). Each batch is still deduplicated by its own id; results are in input order.
+   *
+   * The samples of a run also update the run's aggregate buckets (see queryBuckets) in the same
+   * transaction, each bucket row written once per call: a batch stored as a duplicate adds
+   * nothing to them, and a call that fails adds nothing either.
    */
   ingestBatches(batches: readonly SampleBatch[]): IngestResult[] {
     return this.#write(() => {
       if (!Array.isArray(batches as unknown)) badRecord('batches', '', 'an array', batches);
-      return batches.map((b) => {
+      const buckets = new Map<string, BucketDelta>();
+      const results = batches.map((b) => {
         requireObject(b, 'metrics batch');
-        return this.#ingest(b.batchId, b.host, b.samples);
+        return this.#ingest(b.batchId, b.host, b.samples, b.runId, buckets);
       });
+      this.#applyBuckets(buckets);
+      return results;
     });
   }
 
@@ -821,8 +988,9 @@ export class SinkStore {
   }
 
   /**
-   * The samples of one metric in one run, as one series per (host, tag set), series ordered by
-   * host then tags, points by time. Unknown run, metric, host or task: no series.
+   * The samples of one metric in one run, as one series per (host, task, tag set), series ordered
+   * by host, task (none first, then by name) and tags, points by time. Unknown run, metric, host or
+   * task: no series.
    */
   querySamples(query: SampleQuery): Series[] {
     this.#assertOpen();
@@ -844,21 +1012,23 @@ export class SinkStore {
       conditions.push('s.t <= ?');
       params.push(query.to);
     }
+    if (query.limit !== undefined) params.push(query.limit + 1);
     const sql = `
-      SELECT s.host, s.tags, s.t, s.value FROM samples s
-      WHERE ${conditions.join(' AND ')} ORDER BY s.t, s.rowid`;
-    let stmt = this.#queries.get(sql);
-    if (stmt === undefined) {
-      stmt = this.#db.prepare(sql).raw();
-      this.#queries.set(sql, stmt);
-    }
-    const byKey = new Map<string, { host: number; tags: number; t: number[]; values: number[] }>();
-    for (const row of stmt.iterate(...params) as IterableIterator<[number, number, number, number]>) {
-      const [host, tags, t, value] = row;
-      const key = `${host}:${tags}`;
+      SELECT s.host, s.task, s.tags, s.t, s.value FROM samples s
+      WHERE ${conditions.join(' AND ')} ORDER BY s.t, s.rowid${query.limit !== undefined ? ' LIMIT ?' : ''}`;
+    const byKey = new Map<string, { host: number; task: number | null; tags: number; t: number[]; values: number[] }>();
+    let read = 0;
+    for (const row of this.#query(sql).iterate(...params) as IterableIterator<[number, number | null, number, number, number]>) {
+      if (query.limit !== undefined && ++read > query.limit) {
+        throw new BoltError('BOLT_ERR_METRICS_BAD_QUERY', `more than ${query.limit} samples of ${query.metric} match; narrow the query with host, from and to (or export them with bolt-core show RUN --metrics --csv)`, {
+          details: { limit: query.limit },
+        });
+      }
+      const [host, task, tags, t, value] = row;
+      const key = `${host}:${task}:${tags}`;
       let series = byKey.get(key);
       if (series === undefined) {
-        series = { host, tags, t: [], values: [] };
+        series = { host, task, tags, t: [], values: [] };
         byKey.set(key, series);
       }
       series.t.push(t);
@@ -866,12 +1036,187 @@ export class SinkStore {
     }
     const result = [...byKey.values()].map((s) => ({
       host: this.#stmt.hostName.get(s.host) as string,
+      task: s.task === null ? null : (this.#stmt.taskName.get(s.task) as string),
       tagsJson: this.#stmt.tagsJson.get(s.tags) as string,
       t: s.t,
       values: s.values,
     }));
-    result.sort((a, b) => compare(a.host, b.host) || compare(a.tagsJson, b.tagsJson));
-    return result.map((s) => ({ host: s.host, tags: JSON.parse(s.tagsJson) as Record<string, string>, t: s.t, values: s.values }));
+    result.sort((a, b) => compare(a.host, b.host) || compareTask(a.task, b.task) || compare(a.tagsJson, b.tagsJson));
+    return result.map((s) => ({ host: s.host, task: s.task, tags: JSON.parse(s.tagsJson) as Record<string, string>, t: s.t, values: s.values }));
+  }
+
+  /**
+   * The aggregate buckets of one metric in one run: one series per (task, tag set) across all
+   * hosts, ordered by task (none first, then by name) and tags, buckets by time. `from`/`to` keep
+   * the buckets that overlap [from, to]. Reads only the bucket rows, never the samples. Unknown
+   * run, metric or task: no series.
+   */
+  queryBuckets(query: BucketQuery): BucketSeries[] {
+    this.#assertOpen();
+    const run = this.#runWithBuckets(query.runId);
+    if (run === undefined || run.bucket_ms === null) return [];
+    const width = run.bucket_ms;
+    const conditions = ['b.run = ?', 'b.metric = (SELECT id FROM metrics WHERE name = ?)'];
+    const params: unknown[] = [run.id, query.metric];
+    if (query.taskId === null) conditions.push('b.task = 0');
+    else if (query.taskId !== undefined) {
+      conditions.push('b.task = (SELECT id FROM tasks WHERE run = ? AND task_id = ?)');
+      params.push(run.id, query.taskId);
+    }
+    if (query.from !== undefined) {
+      conditions.push('b.t > ?');
+      params.push(query.from - width);
+    }
+    if (query.to !== undefined) {
+      conditions.push('b.t <= ?');
+      params.push(query.to);
+    }
+    const sql = `
+      SELECT b.task, b.tags, b.t, b.count, b.sum, b.min, b.max, b.p50, b.p95 FROM sample_buckets b
+      WHERE ${conditions.join(' AND ')} ORDER BY b.task, b.tags, b.t`;
+    const series: Array<BucketSeries & { tagsJson: string }> = [];
+    let current: (BucketSeries & { tagsJson: string }) | undefined;
+    let currentKey = '';
+    const rows = this.#query(sql).iterate(...params) as IterableIterator<[number, number, number, number, number, number, number, number, number]>;
+    for (const [task, tags, t, count, sum, min, max, p50, p95] of rows) {
+      const key = `${task}:${tags}`;
+      if (current === undefined || key !== currentKey) {
+        const tagsJson = this.#stmt.tagsJson.get(tags) as string;
+        current = {
+          task: task === 0 ? null : (this.#stmt.taskName.get(task) as string),
+          tags: JSON.parse(tagsJson) as Record<string, string>,
+          tagsJson,
+          bucketMs: width,
+          t: [], count: [], sum: [], min: [], mean: [], p50: [], p95: [], max: [],
+        };
+        currentKey = key;
+        series.push(current);
+      }
+      current.t.push(t);
+      current.count.push(count);
+      current.sum.push(sum);
+      current.min.push(min);
+      current.mean.push(sum / count);
+      current.p50.push(p50);
+      current.p95.push(p95);
+      current.max.push(max);
+    }
+    // Index order is by task row id (first seen), which is what compareTask needs only for names.
+    series.sort((a, b) => compareTask(a.task, b.task) || compare(a.tagsJson, b.tagsJson));
+    return series.map(({ tagsJson: _json, ...rest }) => rest);
+  }
+
+  /**
+   * A run's metric summary per task: for every metric, task and tag set one row across all hosts
+   * (summarizeFleet) and one row per host (summarizeHost), ordered by orderSummaryRows. Reads every
+   * sample of the run once; in a worker that must stay responsive, call the parts one at a time
+   * (as writer-sqlite's `sink.metrics agg=summary` does).
+   */
+  summarizeRun(runId: string): RunMetricsSummary {
+    this.#assertOpen();
+    const run = this.#runWithBuckets(runId);
+    if (run === undefined) return { runId, bucketMs: null, rows: [] };
+    const rows = this.listMetrics(runId).flatMap((metric) => this.summarizeFleet(runId, metric));
+    for (const host of this.listRunHosts(runId)) rows.push(...this.summarizeHost(runId, host));
+    return { runId, bucketMs: run.bucket_ms, rows: orderSummaryRows(rows) };
+  }
+
+  /** The width of a run's aggregate buckets; null when the run is unknown or has no aggregated sample. */
+  bucketWidth(runId: string): number | null {
+    this.#assertOpen();
+    return this.#runWithBuckets(runId)?.bucket_ms ?? null;
+  }
+
+  /**
+   * One metric of a run across all hosts, per task and tag set: the run's aggregate buckets
+   * merged (quantiles within 1%, see digest.ts; `from`/`to` are bucket starts). Reads bucket rows
+   * only (one per second of the run and series).
+   */
+  summarizeFleet(runId: string, metric: string): MetricSummary[] {
+    this.#assertOpen();
+    const run = this.#runWithBuckets(runId);
+    const metricId = this.#stmt.metricKey.get(metric) as number | undefined;
+    if (run === undefined || metricId === undefined) return [];
+    const rows: MetricSummary[] = [];
+    let merged: { task: number; tags: number; digest: ValueDigest; from: number; to: number } | undefined;
+    const flush = () => {
+      if (merged === undefined) return;
+      const d = merged.digest;
+      rows.push(this.#summaryRow(metricId, merged.task, null, merged.tags, { count: d.count, min: d.min, mean: d.mean, p50: d.quantile(0.5), p95: d.quantile(0.95), max: d.max, sum: d.sum, from: merged.from, to: merged.to }));
+    };
+    for (const [task, tags, t, digest] of this.#stmt.bucketsOfMetric.iterate(run.id, metricId) as IterableIterator<[number, number, number, Buffer]>) {
+      if (merged === undefined || merged.task !== task || merged.tags !== tags) {
+        flush();
+        merged = { task, tags, digest: new ValueDigest(), from: t, to: t };
+      }
+      merged.digest.merge(ValueDigest.decode(digest));
+      merged.to = t;
+    }
+    flush();
+    return rows;
+  }
+
+  /**
+   * The hosts with samples in a run, by name. Seeks the (run, host) index once per host rather
+   * than reading the samples.
+   */
+  listRunHosts(runId: string): string[] {
+    this.#assertOpen();
+    const run = this.#stmt.runKey.get(runId) as number | undefined;
+    if (run === undefined) return [];
+    return (this.#stmt.hostsOfRun.all({ run }) as number[]).map((id) => this.#stmt.hostName.get(id) as string).sort(compare);
+  }
+
+  /**
+   * One host's samples in a run, per metric, task and tag set, with exact statistics. Reads the
+   * host's samples of the run once, in index order, one metric at a time (memory: the values of
+   * one metric).
+   */
+  summarizeHost(runId: string, hostName: string): MetricSummary[] {
+    this.#assertOpen();
+    const run = this.#stmt.runKey.get(runId) as number | undefined;
+    const host = this.#stmt.hostKey.get(hostName) as number | undefined;
+    if (run === undefined || host === undefined) return [];
+    const rows: MetricSummary[] = [];
+    let currentMetric = -1;
+    let groups = new Map<string, { task: number; tags: number; values: number[]; sum: number; from: number; to: number }>();
+    const flush = () => {
+      for (const g of groups.values()) {
+        g.values.sort((a, b) => a - b);
+        const n = g.values.length;
+        const at = (q: number) => g.values[Math.min(n, Math.max(1, Math.ceil(q * n))) - 1]!;
+        rows.push(this.#summaryRow(currentMetric, g.task, host, g.tags, { count: n, min: g.values[0]!, mean: g.sum / n, p50: at(0.5), p95: at(0.95), max: g.values[n - 1]!, sum: g.sum, from: g.from, to: g.to }));
+      }
+      groups = new Map();
+    };
+    for (const [metric, task, tags, t, value] of this.#stmt.samplesOfRunHost.iterate(run, host) as IterableIterator<[number, number | null, number, number, number]>) {
+      if (metric !== currentMetric) {
+        flush();
+        currentMetric = metric;
+      }
+      const key = `${task ?? 0}:${tags}`;
+      let g = groups.get(key);
+      if (g === undefined) {
+        g = { task: task ?? 0, tags, values: [], sum: 0, from: t, to: t };
+        groups.set(key, g);
+      }
+      g.values.push(value);
+      g.sum += value;
+      if (t < g.from) g.from = t;
+      if (t > g.to) g.to = t;
+    }
+    flush();
+    return rows;
+  }
+
+  #summaryRow(metric: number, task: number, host: number | null, tags: number, stats: SampleStats): MetricSummary {
+    return {
+      metric: this.#stmt.metricName.get(metric) as string,
+      task: task === 0 ? null : (this.#stmt.taskName.get(task) as string),
+      host: host === null ? null : (this.#stmt.hostName.get(host) as string),
+      tags: JSON.parse(this.#stmt.tagsJson.get(tags) as string) as Record<string, string>,
+      ...stats,
+    };
   }
 
   /**
@@ -915,6 +1260,20 @@ export class SinkStore {
     }
   }
 
+  #runWithBuckets(runId: string): { id: number; bucket_ms: number | null } | undefined {
+    return this.#stmt.runAndBucketMs.get(runId) as { id: number; bucket_ms: number | null } | undefined;
+  }
+
+  /** A prepared statement for dynamically built SQL, prepared once per distinct text. */
+  #query(sql: string): Statement {
+    let stmt = this.#queries.get(sql);
+    if (stmt === undefined) {
+      stmt = this.#db.prepare(sql).raw();
+      this.#queries.set(sql, stmt);
+    }
+    return stmt;
+  }
+
   #assertOpen(): void {
     if (this.#closed) throw new BoltError('BOLT_ERR_STORE_CLOSED', `the sink store ${this.file} is closed`, { details: { file: this.file } });
   }
@@ -937,6 +1296,8 @@ export class SinkStore {
 
   #forgetCachedKeys(): void {
     for (const cache of [this.#runKeys, this.#taskKeys, this.#hostKeys, this.#metricKeys, this.#tagKeys]) cache.clear();
+    this.#runBuckets.clear();
+    this.#digests.clear();
   }
 
   #remember(cache: Map<string, number>, key: string, id: number): number {
@@ -1010,11 +1371,12 @@ export class SinkStore {
     return true;
   }
 
-  #ingest(batchId: string, hostName: string, samples: readonly SampleInput[]): IngestResult {
+  #ingest(batchId: string, hostName: string, samples: readonly SampleInput[], batchRunId: string | undefined, buckets: Map<string, BucketDelta>): IngestResult {
     const what = 'metrics batch';
     requireName(batchId, what, 'batchId');
     const host = this.#hostKey(requireName(hostName, what, 'host'));
     if (!Array.isArray(samples as unknown)) badRecord(what, 'samples', 'an array', samples);
+    if (batchRunId !== undefined) requireName(batchRunId, what, 'runId');
     if (this.#stmt.insertBatch.run(batchId, host, samples.length, Date.now()).changes === 0) return { duplicate: true, stored: 0 };
 
     const { insertSample, metricKey, insertMetric, tagsKey, insertTags } = this.#stmt;
@@ -1027,16 +1389,68 @@ export class SinkStore {
       if (typeof s.metric !== 'string' || s.metric === '') badRecord(what, `${field}.metric`, 'a non-empty string', s.metric);
       let run: number | null = null;
       let task: number | null = null;
-      if (s.runId !== undefined) run = this.#runKey(requireName(s.runId, what, `${field}.runId`));
-      if (s.taskId !== undefined) {
+      const runId = s.runId ?? batchRunId;
+      if (runId !== undefined) run = this.#runKey(requireName(runId, what, `${field}.runId`));
+      const taskId = s.taskId ?? (run !== null ? taskTag(s.tags) : undefined);
+      if (taskId !== undefined) {
         if (run === null) badRecord(what, `${field}.runId`, 'set when taskId is set', s.runId);
-        task = this.#taskKey(run, requireName(s.taskId, what, `${field}.taskId`));
+        task = this.#taskKey(run, requireName(taskId, what, `${field}.taskId`));
       }
       const metric = this.#dimensionKey(this.#metricKeys, metricKey, insertMetric, s.metric);
-      const tags = this.#dimensionKey(this.#tagKeys, tagsKey, insertTags, canonicalTags(s.tags, what, `${field}.tags`));
-      insertSample.run(run, task, host, metric, tags, Math.round(s.t), s.value);
+      const tags = this.#dimensionKey(this.#tagKeys, tagsKey, insertTags, canonicalTags(s.tags, what, `${field}.tags`, run !== null));
+      const t = Math.round(s.t);
+      insertSample.run(run, task, host, metric, tags, t, s.value);
+      if (run !== null) this.#addToBucket(buckets, run, metric, task ?? 0, tags, t, s.value);
     }
     return { duplicate: false, stored: samples.length };
+  }
+
+  /** The width of a run's buckets: set on its first aggregated sample, kept for the run's life. */
+  #bucketWidth(run: number): number {
+    const cached = this.#runBuckets.get(run);
+    if (cached !== undefined) return cached;
+    let width = this.#stmt.runBucketMs.get(run) as number | null | undefined;
+    if (width == null) {
+      width = this.#bucketMs;
+      this.#stmt.setRunBucketMs.run(width, run);
+    }
+    this.#runBuckets.set(run, width);
+    return width;
+  }
+
+  #addToBucket(buckets: Map<string, BucketDelta>, run: number, metric: number, task: number, tags: number, t: number, value: number): void {
+    const width = this.#bucketWidth(run);
+    const start = Math.floor(t / width) * width;
+    const key = `${run} ${metric} ${task} ${tags} ${start}`;
+    let delta = buckets.get(key);
+    if (delta === undefined) {
+      delta = { run, metric, task, tags, t: start, values: [] };
+      buckets.set(key, delta);
+    }
+    delta.values.push(value);
+  }
+
+  /**
+   * Adds the values of one write to their bucket rows (read, merged, written back). The digests
+   * of recent buckets stay decoded in #digests; a failed write clears them (see #write), so they
+   * never hold values the file does not.
+   */
+  #applyBuckets(buckets: Map<string, BucketDelta>): void {
+    const { bucketDigest, upsertBucket } = this.#stmt;
+    for (const [key, d] of buckets) {
+      let digest = this.#digests.get(key);
+      if (digest === undefined) {
+        const stored = bucketDigest.get(d.run, d.metric, d.task, d.tags, d.t) as Buffer | undefined;
+        digest = stored === undefined ? new ValueDigest() : ValueDigest.decode(stored);
+      } else {
+        // Re-inserted below, so the map's order is least recently written first.
+        this.#digests.delete(key);
+      }
+      for (const v of d.values) digest.add(v);
+      upsertBucket.run(d.run, d.metric, d.task, d.tags, d.t, digest.count, digest.sum, digest.min, digest.max, digest.quantile(0.5), digest.quantile(0.95), digest.encode());
+      this.#digests.set(key, digest);
+      if (this.#digests.size > MAX_CACHED_DIGESTS) this.#digests.delete(this.#digests.keys().next().value!);
+    }
   }
 
   #commitTaskStatus(status: TaskStatusRecord): { duplicate: boolean } {
@@ -1201,8 +1615,11 @@ function eventFromRow(runId: string, taskId: string, row: EventRow): TaskEventRe
   };
 }
 
-/** Tags as JSON with sorted keys, so equal tag sets intern to one row. No tags: `{}`. */
-function canonicalTags(tags: Record<string, string> | undefined, what: string, field: string): string {
+/**
+ * Tags as JSON with sorted keys, so equal tag sets intern to one row. No tags: `{}`. `withoutTask`:
+ * the `task` tag is left out (in a run it is the sample's task, stored as such).
+ */
+function canonicalTags(tags: Record<string, string> | undefined, what: string, field: string, withoutTask: boolean): string {
   if (tags === undefined) return '{}';
   if (typeof tags !== 'object' || tags === null || Array.isArray(tags)) badRecord(what, field, 'an object of strings', tags);
   const keys = Object.keys(tags);
@@ -1211,9 +1628,17 @@ function canonicalTags(tags: Record<string, string> | undefined, what: string, f
   for (const key of keys) {
     const value = tags[key];
     if (typeof value !== 'string') badRecord(what, `${field}.${key}`, 'a string', value);
+    if (withoutTask && key === 'task') continue;
     sorted[key] = value;
   }
   return JSON.stringify(sorted);
+}
+
+/** The `task` tag of a sample's tags, when there is one (type checked by canonicalTags). */
+function taskTag(tags: Record<string, string> | undefined): string | undefined {
+  if (typeof tags !== 'object' || tags === null) return undefined;
+  const task = (tags as Record<string, unknown>).task;
+  return task === undefined ? undefined : (task as string);
 }
 
 function csvField(value: string): string {
@@ -1222,6 +1647,32 @@ function csvField(value: string): string {
 
 function compare(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Summary rows in their order: by task (none first, then by name), metric, host (all hosts first) and tags. */
+export function orderSummaryRows(rows: MetricSummary[]): MetricSummary[] {
+  const keyed = rows.map((row) => ({ row, tags: JSON.stringify(row.tags) }));
+  keyed.sort((a, b) => compareTask(a.row.task, b.row.task) || compare(a.row.metric, b.row.metric) || compareTask(a.row.host, b.row.host) || compare(a.tags, b.tags));
+  return keyed.map((k) => k.row);
+}
+
+/** Orders names with null (no task, all hosts) first. */
+function compareTask(a: string | null, b: string | null): number {
+  if (a === b) return 0;
+  if (a === null) return -1;
+  if (b === null) return 1;
+  return compare(a, b);
+}
+
+/** `fn` with its results remembered by argument. */
+function memo<T>(fn: (id: number) => T): (id: number) => T {
+  const seen = new Map<number, T>();
+  return (id) => {
+    if (seen.has(id)) return seen.get(id)!;
+    const value = fn(id);
+    seen.set(id, value);
+    return value;
+  };
 }
 
 function badRecord(what: string, field: string, expected: string, got: unknown): never {

@@ -10,7 +10,7 @@ import { BoltError } from '../../../plugin-sdk/src/errors.ts';
 import { NOTICE_TOPICS, WIRE_VERSION, type HeartbeatMessage, type TaskAckMessage, type TaskCancelMessage, type TaskDispatchMessage, type TaskStatusMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
 import { localClock, signCommand, type Identity } from '../protocol/index.ts';
 import { clockPongHandler, WireEndpoint, type ConnectionHandler, type PeerConnection } from '../server/endpoint.ts';
-import { Listener, type RouteHandler } from '../server/listener.ts';
+import { Listener, TextResponse, type RouteHandler } from '../server/listener.ts';
 import type { TrustRole, TrustStore } from '../server/trust-store.ts';
 import type { RunningRole, TransportSettings } from './settings.ts';
 
@@ -117,6 +117,7 @@ export async function startServerRole(ctx: PluginContext<TransportSettings>, ide
       return bus.request('health.hosts', { labels: pairs(req.query.getAll('label')), ...(state && { state }) });
     }],
     ['/api/plugins', () => bus.request('core.plugins')],
+    ['/metrics', async () => new TextResponse('text/plain; version=0.0.4; charset=utf-8', await bus.request<string>('exporter.prometheus'))],
     // Runs belong to the scheduler plugin; this is only their HTTP face.
     ['POST /api/runs', (req) => {
       const json = /\bjson\b/i.test(String(req.headers['content-type'] ?? ''));

@@ -272,7 +272,7 @@ function handlerFailure(info: ErrorInfo): ErrorInfo {
 function statusFor(code: string): number {
   if (code === 'BOLT_ERR_BUS_NO_PROVIDER' || code === 'BOLT_ERR_BUS_TIMEOUT' || code === 'BOLT_ERR_BUS_PROVIDER_CRASHED') return 503;
   if (code.endsWith('_NOT_FOUND')) return 404;
-  if (code.startsWith('BOLT_ERR_JOB_') || code.startsWith('BOLT_ERR_RUN_')) return 400;
+  if (code.startsWith('BOLT_ERR_JOB_') || code.startsWith('BOLT_ERR_RUN_') || code === 'BOLT_ERR_METRICS_BAD_QUERY') return 400;
   return 500;
 }
 

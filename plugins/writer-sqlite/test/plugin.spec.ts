@@ -4,8 +4,9 @@ import Database from 'better-sqlite3';
 import { fileURLToPath } from 'node:url';
 import { createTestHost, type TestHost } from '../../../plugin-sdk/src/testing.ts';
 import { startSinkCore, eventually } from '../../aggregator-results/test/sink-core.ts';
-import type { CommitTaskStatusRequest, CommitTaskStatusResponse, MetricsView, PendingResponse, RunsView, RunView } from '../services.ts';
-import type { IngestStats } from '../ingest.ts';
+import type { CommitTaskStatusRequest, CommitTaskStatusResponse, FleetSeriesView, PendingResponse, RawSeriesView, RunsView, RunView, StatSeriesView } from '../services.ts';
+import type { RunMetricsSummary } from '../store.ts';
+import { MAX_SAMPLES_PER_WRITE, type IngestStats } from '../ingest.ts';
 
 const PLUGIN_DIR = fileURLToPath(new URL('..', import.meta.url));
 type Stats = IngestStats & { pending: number; file: string };
@@ -71,18 +72,92 @@ describe('writer-sqlite plugin', function () {
     ]);
     expect(await bus.request('sink.run', { runId: 'no-such-run' })).to.equal(null);
 
-    const all = await bus.request<MetricsView>('sink.metrics', { runId: 'run-1' });
-    expect(all.map((s) => [s.metric, s.host, s.values])).to.deep.equal([
+    const raw = await bus.request<RawSeriesView[]>('sink.metrics', { runId: 'run-1', agg: 'raw' });
+    expect(raw.map((s) => [s.metric, s.host, s.values])).to.deep.equal([
       ['cpu.busy', 'a', [0.5, 0.75]],
       ['cpu.busy', 'b', [0.1]],
       ['mem.used', 'a', [42]],
     ]);
-    expect(await bus.request<MetricsView>('sink.metrics', { runId: 'run-1', metric: 'cpu.busy', host: 'a', from: 1_500 })).to.deep.equal([
-      { metric: 'cpu.busy', host: 'a', tags: {}, t: [2_000], values: [0.75] },
+    expect(await bus.request<RawSeriesView[]>('sink.metrics', { runId: 'run-1', metric: 'cpu.busy', host: 'a', from: 1_500 })).to.deep.equal([
+      { metric: 'cpu.busy', host: 'a', task: null, tags: {}, t: [2_000], values: [0.75] },
+    ]);
+    // Without a host: the aggregates across hosts, one bucket per second.
+    const fleet = await bus.request<FleetSeriesView[]>('sink.metrics', { runId: 'run-1', metric: 'cpu.busy' });
+    expect(fleet).to.deep.equal([{
+      metric: 'cpu.busy', task: null, tags: {}, bucketMs: 1000, t: [1_000, 2_000],
+      count: [2, 1], sum: [0.6, 0.75], min: [0.1, 0.75], mean: [0.3, 0.75], p50: [0.1, 0.75], p95: [0.5, 0.75], max: [0.5, 0.75],
+    }]);
+    expect(await bus.request<StatSeriesView[]>('sink.metrics', { runId: 'run-1', metric: 'cpu.busy', agg: 'max', from: 1_999 })).to.deep.equal([
+      { metric: 'cpu.busy', task: null, tags: {}, bucketMs: 1000, stat: 'max', t: [1_000, 2_000], values: [0.5, 0.75] },
     ]);
     let refused: unknown;
     await bus.request('sink.run', {}).catch((err: unknown) => (refused = err));
     expect(refused).to.have.property('code', 'BOLT_ERR_BUS_HANDLER_FAILED');
+    for (const bad of [{ runId: 'run-1', agg: 'p99' }, { runId: 'run-1', host: 'a', agg: 'fleet' }, { metric: 'cpu.busy' }]) {
+      const err = await bus.request('sink.metrics', bad).then(() => null, (e: { cause?: { code?: string } }) => e);
+      expect(err, JSON.stringify(bad)).to.have.nested.property('cause.code', 'BOLT_ERR_METRICS_BAD_QUERY');
+    }
+  });
+
+  it('keeps aggregates across hosts per task from the collectors\' task tag, counting a resent batch once', async () => {
+    const { bus } = host!;
+    const batch = (id: string, hostName: string, value: number) => ({
+      hostId: `key-${hostName}`, id, host: hostName, runId: 'run-2',
+      samples: [
+        { t: 10_100, metric: 'cpu.busy', value, tags: { task: 'load' } },
+        { t: 10_200, metric: 'net.rx_bytes', value: value * 1000, tags: { task: 'load', iface: 'eth0' } },
+      ],
+    });
+    for (let i = 1; i <= 20; i++) bus.publish('sink.metrics.batch', batch(`b${i}`, `h${i}`, i));
+    // h1..h5 resend after a reconnect.
+    for (let i = 1; i <= 5; i++) bus.publish('sink.metrics.batch', batch(`b${i}`, `h${i}`, i));
+    await eventually(async () => ((await bus.request<Stats>('sink.store.stats')).batches === 25 ? true : undefined), 'every batch handled');
+    const cpu = await bus.request<FleetSeriesView[]>('sink.metrics', { runId: 'run-2', metric: 'cpu.busy', task: 'load' });
+    expect(cpu).to.have.length(1);
+    expect(cpu[0]).to.deep.include({ task: 'load', tags: {}, t: [10_000], count: [20], sum: [210], min: [1], max: [20], p50: [10], p95: [19] });
+    const net = await bus.request<StatSeriesView[]>('sink.metrics', { runId: 'run-2', metric: 'net.rx_bytes', agg: 'sum' });
+    expect(net).to.deep.equal([{ metric: 'net.rx_bytes', task: 'load', tags: { iface: 'eth0' }, bucketMs: 1000, stat: 'sum', t: [10_000], values: [210_000] }]);
+    const perHost = await bus.request<RawSeriesView[]>('sink.metrics', { runId: 'run-2', metric: 'cpu.busy', host: 'h3' });
+    expect(perHost).to.deep.equal([{ metric: 'cpu.busy', host: 'h3', task: 'load', tags: {}, t: [10_100], values: [3] }]);
+    const summary = await bus.request<RunMetricsSummary>('sink.metrics', { runId: 'run-2', agg: 'summary', metric: 'cpu.busy', host: 'h3' });
+    expect(summary.rows.map((r) => [r.host, r.count, r.mean])).to.deep.equal([[null, 20, 10.5], ['h3', 1, 3]]);
+  });
+
+  it('stores a burst larger than one transaction takes in several, all of it', async () => {
+    await host!.close();
+    host = await createTestHost(PLUGIN_DIR, { config: { flushIntervalMs: 10_000 } });
+    const { bus } = host;
+    // 60 batches of 1,000 samples: several times what one transaction takes.
+    for (let b = 0; b < 60; b++) {
+      bus.publish('sink.metrics.batch', { hostId: `key-h${b}`, id: `big-${b}`, host: `h${b}`, runId: 'run-big', samples: Array.from({ length: 1000 }, (_, i) => ({ t: 1_000 + i, metric: 'm', value: i })) });
+    }
+    const counts = await eventually(async () => {
+      const fleet = await bus.request<StatSeriesView[]>('sink.metrics', { runId: 'run-big', metric: 'm', agg: 'count' });
+      const total = fleet[0]?.values.reduce((a, b) => a + b, 0);
+      return total === 60_000 ? total : undefined;
+    }, 'every sample stored');
+    expect(counts).to.equal(60_000);
+    const stats = await bus.request<Stats>('sink.store.stats');
+    expect(stats).to.include({ batches: 60, samples: 60_000, pending: 0, dropped: 0 });
+    expect(stats.flushes).to.be.at.least(Math.ceil(60_000 / MAX_SAMPLES_PER_WRITE));
+  });
+
+  it('keeps at most maxPendingSamples queued, dropping the oldest batches and counting them', async () => {
+    await host!.close();
+    host = await createTestHost(PLUGIN_DIR, { config: { flushIntervalMs: 10_000, maxPendingSamples: 5000 } });
+    const { bus } = host;
+    for (let b = 0; b < 10; b++) {
+      bus.publish('sink.metrics.batch', { hostId: 'key-h', id: `b${b}`, host: 'h', runId: 'run-full', samples: Array.from({ length: 1000 }, (_, i) => ({ t: b * 1000 + i, metric: 'm', value: b })) });
+    }
+    const queued = await eventually(async () => {
+      const s = await bus.request<Stats & { pendingSamples: number }>('sink.store.stats');
+      return s.dropped === 5 ? s : undefined;
+    }, 'five batches dropped');
+    expect(queued).to.include({ pending: 5, pendingSamples: 5000, droppedSamples: 5000, samples: 0 });
+    const stored = await bus.request<RawSeriesView[]>('sink.metrics', { runId: 'run-full', metric: 'm', agg: 'raw' });
+    expect([...new Set(stored[0]!.values)]).to.deep.equal([5, 6, 7, 8, 9]);
+    // Logged once for the burst (at most every 10 s), with the first drop's count.
+    expect(host.logs.filter((l) => l.level === 50 && l.msg.includes('queue full')).map((l) => l.droppedSamplesTotal)).to.deep.equal([1000]);
   });
 
   it('stores a burst of events in a few transactions, each message id once', async () => {

@@ -270,9 +270,9 @@ describe('writer-sqlite SinkStore', () => {
       expect(s.ingestSamples('b0', 'h7', [{ t: 1, metric: 'other.metric', value: 7, runId: 'run-8', taskId: 'other', tags: { disk: 'vda' } }]).stored).to.equal(1);
       batch[4] = { t: 4_000, metric: 'cpu.busy', value: 4 };
       expect(s.ingestSamples('b1', 'h1', batch)).to.deep.equal({ duplicate: false, stored: 5 });
-      expect(s.querySamples({ runId: 'run-9', metric: 'brand.new.metric' })).to.deep.equal([{ host: 'h1', tags: { core: '1' }, t: [3_000], values: [1] }]);
+      expect(s.querySamples({ runId: 'run-9', metric: 'brand.new.metric' })).to.deep.equal([{ host: 'h1', task: null, tags: { core: '1' }, t: [3_000], values: [1] }]);
       expect(s.querySamples({ runId: 'run-1', metric: 'cpu.busy', taskId: 'hammer' }).map((x) => [x.host, x.values])).to.deep.equal([['h1', [0, 1, 2]]]);
-      expect(s.querySamples({ runId: 'run-8', metric: 'other.metric' })).to.deep.equal([{ host: 'h7', tags: { disk: 'vda' }, t: [1], values: [7] }]);
+      expect(s.querySamples({ runId: 'run-8', metric: 'other.metric' })).to.deep.equal([{ host: 'h7', task: 'other', tags: { disk: 'vda' }, t: [1], values: [7] }]);
     });
 
     it('refuses a task status whose host counts do not add up', () => {
@@ -341,7 +341,7 @@ describe('writer-sqlite SinkStore', () => {
         ['h1', 'finished'],
         ['h2', 'finished'],
       ]);
-      expect(s.querySamples({ runId: 'run-crash', metric: 'cpu.busy' })).to.deep.equal([{ host: 'h1', tags: {}, t: [2_500], values: [42] }]);
+      expect(s.querySamples({ runId: 'run-crash', metric: 'cpu.busy' })).to.deep.equal([{ host: 'h1', task: 'hammer', tags: {}, t: [2_500], values: [42] }]);
     });
   });
 
@@ -402,7 +402,7 @@ describe('writer-sqlite SinkStore', () => {
       expect(count(file, 'metrics')).to.equal(1);
       expect(count(file, 'tag_sets')).to.equal(1);
       expect(count(file, 'hosts')).to.equal(1);
-      expect(r.querySamples({ runId: 'run-1', metric: 'cpu.busy' })).to.deep.equal([{ host: 'h1', tags: { core: '0' }, t: [10, 1_010, 2_010, 3_010], values: [0, 1, 2, 0] }]);
+      expect(r.querySamples({ runId: 'run-1', metric: 'cpu.busy' })).to.deep.equal([{ host: 'h1', task: 'hammer', tags: { core: '0' }, t: [10, 1_010, 2_010, 3_010], values: [0, 1, 2, 0] }]);
     });
   });
 
@@ -422,15 +422,17 @@ describe('writer-sqlite SinkStore', () => {
       ]);
     }
 
-    it('returns one series per host and tag set, points in time order', () => {
+    it('returns one series per host, task and tag set, points in time order', () => {
       const s = open();
       seed(s);
       expect(s.querySamples({ runId: 'run-1', metric: 'cpu.busy' })).to.deep.equal([
-        { host: 'h1', tags: { core: '0', node: 'a' }, t: [2_000], values: [12] },
-        { host: 'h1', tags: {}, t: [1_000, 2_000], values: [10, 11] },
-        { host: 'h2', tags: { core: '0', node: 'a' }, t: [2_500], values: [21] },
-        { host: 'h2', tags: {}, t: [1_500], values: [20] },
+        { host: 'h1', task: 'hammer', tags: { core: '0', node: 'a' }, t: [2_000], values: [12] },
+        { host: 'h1', task: 'hammer', tags: {}, t: [2_000], values: [11] },
+        { host: 'h1', task: 'install', tags: {}, t: [1_000], values: [10] },
+        { host: 'h2', task: 'hammer', tags: { core: '0', node: 'a' }, t: [2_500], values: [21] },
+        { host: 'h2', task: 'install', tags: {}, t: [1_500], values: [20] },
       ]);
+      expect(s.querySamples({ runId: 'run-2', metric: 'cpu.busy' })).to.deep.equal([{ host: 'h1', task: null, tags: {}, t: [9_000], values: [99] }]);
     });
 
     it('filters by host, task and time (inclusive bounds)', () => {
