@@ -8,10 +8,13 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { report } from './isolate.ts';
+
+import { freePort } from '../../core/cli/demo.ts';
+
+export { freePort };
 
 const REPO = path.resolve(import.meta.dirname, '..', '..');
 const BIN = path.join(REPO, 'bin', 'bolt-core');
@@ -103,17 +106,6 @@ export function codeVersion(paths: readonly string[] = ['core', 'plugin-sdk/src'
   return { commit: git(['rev-parse', '--short', 'HEAD']).trim() || 'unknown', uncommitted };
 }
 
-/** A TCP port that was free a moment ago on 127.0.0.1. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 const liveServers = new Set<BoltServer>();
 const scratchDirs = new Set<string>();
