@@ -26,7 +26,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { BoltServer, codeVersion, cpuSeconds, loadavg, rssBytes, scratchDir, sleep, threadCpuNs } from './lib/bolt-server.ts';
+import { BoltServer, codeVersion, cpuSeconds, loadavg, rssBytes, scratchDir, sleep, snapshotPlugins, threadCpuNs } from './lib/bolt-server.ts';
 import { median, percentile } from './lib/stats.ts';
 
 const REPO = path.resolve(import.meta.dirname, '..');
@@ -49,13 +49,7 @@ if (!Number.isInteger(SECONDS) || SECONDS < 5) throw new Error('--seconds must b
 /** Summed run time of the live threads of a process, in ns. */
 function runTimeNs(pid: number): number {
   let total = 0;
-  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
-    try {
-      total += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // The thread ended between the listing and the read.
-    }
-  }
+  for (const ns of threadCpuNs(pid).values()) total += ns;
   return total;
 }
 
@@ -106,20 +100,6 @@ function summary(w: Window) {
     rssMiB: round(median(w.rssBytes) / MiB, 1),
     rssMaxMiB: round(Math.max(...w.rssBytes) / MiB, 1),
   };
-}
-
-/** Copies plugins (without their tests) next to links to plugin-sdk and node_modules, as in the repository. */
-function snapshotPlugins(dir: string, names: readonly string[]): string {
-  const tree = path.join(dir, 'tree');
-  const plugins = path.join(tree, 'plugins');
-  fs.mkdirSync(plugins, { recursive: true });
-  fs.symlinkSync(path.join(REPO, 'plugin-sdk'), path.join(tree, 'plugin-sdk'));
-  fs.symlinkSync(path.join(REPO, 'node_modules'), path.join(tree, 'node_modules'));
-  for (const name of names) {
-    const source = path.join(REPO, 'plugins', name);
-    fs.cpSync(source, path.join(plugins, name), { recursive: true, filter: (file) => path.relative(source, file).split(path.sep)[0] !== 'test' });
-  }
-  return plugins;
 }
 
 const children = new Set<ChildProcess>();

@@ -26,28 +26,14 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Fleet } from './fleet/fleet.ts';
-import { BoltServer, busiestWorkerThread, codeVersion, epoch, loadavg, removeScratchDir, scratchDir, sleep } from './lib/bolt-server.ts';
+import { BoltServer, busiestWorkerThread, codeVersion, epoch, FLEET_SETTLE_MS, HEARTBEAT_SWITCH_MS, loadavg, QUIET_HEALTH_MONITOR, removeScratchDir, scratchDir, sleep } from './lib/bolt-server.ts';
 import { isIsolatedChild, isolatedAttempt, runSizesIsolated } from './lib/isolate.ts';
 
 /** transport-ws's admission defaults (plugin.json). */
 const DEFAULT_ADMISSION = { handshakesPerSec: 200, handshakeBurst: 200, maxHandshakesInFlight: 1000 };
-/** After the last host connected: its 8 clock pings (50 ms apart) are over, buffers have settled. */
-const SETTLE_MS = 2000;
-/** Pausing or resuming heartbeats: wait one interval and a bit before a window starts. */
-const HEARTBEAT_SWITCH_MS = 1500;
-/**
- * The health monitor would turn every host `missing` 3 s into an idle window, and back to
- * `healthy` after it: state changes that are not the cost of a heartbeat. Its timeouts are moved
- * past the benchmark; heartbeats are processed exactly as with the defaults.
- */
-const HEALTH_MONITOR = { missingAfterMs: 600_000, lostAfterMs: 1_200_000 };
 
 const progress = (msg: string) => process.stderr.write(`[fleet-connect] ${msg}\n`);
 const SELF = fileURLToPath(import.meta.url);
-/** A measurement whose process stops sending heartbeats this long is deadlocked (see lib/isolate.ts). */
-const STALL_MS = 30_000;
-const CHILD_TIMEOUT_MS = 8 * 60_000;
-const ATTEMPTS = 3;
 const round = (v: number, digits = 1) => Number(v.toFixed(digits));
 const MiB = 1024 * 1024;
 
@@ -194,11 +180,11 @@ async function measure(n: number, plan: Plan, common: Record<string, unknown>): 
   const transportConfig = plan.raisedRate === undefined ? {} : { handshakesPerSec: plan.raisedRate, handshakeBurst: plan.raisedRate };
   const loadStart = loadavg();
   progress(`N=${n}: starting bolt-core (admission ${admission.handshakesPerSec}/s, burst ${admission.handshakeBurst}), load ${loadStart.join(' ')}`);
-  const server = await BoltServer.start({ config: { plugins: { 'transport-ws': transportConfig, 'health-monitor': HEALTH_MONITOR } } });
+  const server = await BoltServer.start({ config: { plugins: { 'transport-ws': transportConfig, 'health-monitor': QUIET_HEALTH_MONITOR } } });
   const fleetRoot = scratchDir('bolt-bench-fleet-', true);
   let fleet: Fleet | undefined;
   try {
-    await sleep(SETTLE_MS);
+    await sleep(FLEET_SETTLE_MS);
     const rssBefore = server.rssBytes();
     const statsBefore = await server.request<EndpointStats>('transport.stats');
     const withGc = gc();
@@ -231,7 +217,7 @@ async function measure(n: number, plan: Plan, common: Record<string, unknown>): 
     const statsConnected = await server.request<EndpointStats>('transport.stats');
     progress(`  all ${n} connected in ${(connectedMs / 1000).toFixed(2)} s, listed by transport.sessions at ${(acceptedMs / 1000).toFixed(2)} s; ${fleetStats.attempts} attempts, ${fleetStats.busy} answered 503`);
 
-    await sleep(SETTLE_MS);
+    await sleep(FLEET_SETTLE_MS);
     const rssAfter = server.rssBytes();
     const statsAfter = await server.request<EndpointStats>('transport.stats');
     gc();
@@ -294,7 +280,7 @@ async function measure(n: number, plan: Plan, common: Record<string, unknown>): 
           externalPerClientKiB: perClientKiB(fleetAfter.external, fleetBefore.external),
           gc: withGc,
         },
-        settleMs: SETTLE_MS,
+        settleMs: FLEET_SETTLE_MS,
         loadavgStart: loadStart,
         loadavgEnd: loadEnd,
       },
@@ -306,7 +292,7 @@ async function measure(n: number, plan: Plan, common: Record<string, unknown>): 
         heartbeatIntervalMs: 1000,
         ...cpu,
         how: 'server process utime+stime from /proc/<pid>/stat; idle windows have every host connected with heartbeats paused (inject stop-heartbeat); by thread from /proc/<pid>/task/*/schedstat, the transport-ws worker being the thread busiest during the handshakes',
-        healthMonitor: HEALTH_MONITOR,
+        healthMonitor: QUIET_HEALTH_MONITOR,
         loadavgStart: loadStart,
         loadavgEnd: loadEnd,
       });
@@ -343,7 +329,7 @@ async function main(): Promise<void> {
   };
   if (!isIsolatedChild) {
     progress(`node ${process.version}, ${os.availableParallelism()} cores, sizes ${plan.sizes.join(', ')}; each in its own process`);
-    await runSizesIsolated({ script: SELF, sizes: plan.sizes, stallMs: STALL_MS, timeoutMs: CHILD_TIMEOUT_MS, attempts: ATTEMPTS, progress });
+    await runSizesIsolated({ script: SELF, sizes: plan.sizes, progress });
     return;
   }
   const common = {

@@ -32,23 +32,16 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { WIRE_VERSION, type TaskAckMessage } from '../plugin-sdk/src/schemas/wire.ts';
 import { Fleet } from './fleet/fleet.ts';
-import { BoltServer, busiestWorkerThread, codeVersion, epoch, loadavg, removeScratchDir, scratchDir, sleep, threadUserSystem } from './lib/bolt-server.ts';
+import { BoltServer, busiestWorkerThread, codeVersion, epoch, FLEET_SETTLE_MS, HEARTBEAT_SWITCH_MS, loadavg, QUIET_HEALTH_MONITOR, removeScratchDir, scratchDir, sleep, threadUserSystem } from './lib/bolt-server.ts';
 import { isIsolatedChild, isolatedAttempt, runSizesIsolated } from './lib/isolate.ts';
 import { median, p99 } from './lib/stats.ts';
 
 const AIM = { clients: 1000, lastArrivalMedianMs: 50 };
-const SETTLE_MS = 2000;
-const HEARTBEAT_SWITCH_MS = 1500;
 /** After the fleet has sent its last ack, time for the server to read them before the CPU is read. */
 const ACK_DRAIN_MS = 300;
-const HEALTH_MONITOR = { missingAfterMs: 600_000, lostAfterMs: 1_200_000 };
 
 const progress = (msg: string) => process.stderr.write(`[fleet-fanout] ${msg}\n`);
 const SELF = fileURLToPath(import.meta.url);
-/** A measurement whose process stops sending heartbeats this long is deadlocked (see lib/isolate.ts). */
-const STALL_MS = 30_000;
-const CHILD_TIMEOUT_MS = 8 * 60_000;
-const ATTEMPTS = 3;
 const round = (v: number, digits = 2) => Number(v.toFixed(digits));
 
 interface DispatchAnswer {
@@ -255,7 +248,7 @@ async function measure(n: number, opts: { dispatches: number; warmup: number; br
   const loadStart = loadavg();
   progress(`N=${n}: starting bolt-core, load ${loadStart.join(' ')}`);
   const server = await BoltServer.start({
-    config: { plugins: { 'transport-ws': { handshakesPerSec: opts.rate, handshakeBurst: opts.rate }, 'health-monitor': HEALTH_MONITOR } },
+    config: { plugins: { 'transport-ws': { handshakesPerSec: opts.rate, handshakeBurst: opts.rate }, 'health-monitor': QUIET_HEALTH_MONITOR } },
   });
   const fleetRoot = scratchDir('bolt-bench-fleet-', true);
   let fleet: Fleet | undefined;
@@ -270,7 +263,7 @@ async function measure(n: number, opts: { dispatches: number; warmup: number; br
     if (!ids.every((id) => listed.has(id))) throw new Error('transport.sessions does not list every connected host');
     const transportTid = busiestWorkerThread(server.pid, threadsBefore, server.threadCpuNs());
     progress(`  ${n} connected in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-    await sleep(SETTLE_MS);
+    await sleep(FLEET_SETTLE_MS);
 
     // Both clocks are performance.timeOrigin + performance.now(), one per process.
     const clockBefore = await clockProbe(server, fleetRoot);
@@ -352,7 +345,7 @@ async function main(): Promise<void> {
   if (!Number.isInteger(opts.warmup) || opts.warmup < 0) throw new Error(`--warmup must be an integer >= 0, got '${values.warmup}'`);
   if (!isIsolatedChild) {
     progress(`node ${process.version}, ${os.availableParallelism()} cores, sizes ${sizes.join(', ')}; each in its own process`);
-    await runSizesIsolated({ script: SELF, sizes, stallMs: STALL_MS, timeoutMs: CHILD_TIMEOUT_MS, attempts: ATTEMPTS, progress });
+    await runSizesIsolated({ script: SELF, sizes, progress });
     return;
   }
   const common = {

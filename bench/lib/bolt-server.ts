@@ -14,6 +14,17 @@ import { report } from './isolate.ts';
 
 import { freePort } from '../../core/cli/demo.ts';
 
+/** After the last host connected: its 8 clock pings (50 ms apart) are over, buffers have settled. */
+export const FLEET_SETTLE_MS = 2000;
+/** Pausing or resuming heartbeats: wait one interval and a bit before a window starts. */
+export const HEARTBEAT_SWITCH_MS = 1500;
+/**
+ * The health monitor would turn every host `missing` 3 s into a window without heartbeats, and back
+ * to `healthy` after it: state changes that are not what a fleet benchmark measures. Its timeouts
+ * move past the benchmark; heartbeats are processed exactly as with the defaults.
+ */
+export const QUIET_HEALTH_MONITOR = { missingAfterMs: 600_000, lostAfterMs: 1_200_000 };
+
 export { freePort };
 
 const REPO = path.resolve(import.meta.dirname, '..', '..');

@@ -129,13 +129,19 @@ function withSize(argv: readonly string[], n: number): string[] {
 }
 
 /**
+ * How a fleet benchmark's child is watched: one that stops sending heartbeats for 30 s is
+ * deadlocked, each is given 8 minutes, and a size is tried at most 3 times.
+ */
+const FLEET_CHILD = { stallMs: 30_000, timeoutMs: 8 * 60_000, attempts: 3 };
+
+/**
  * Parent side of a benchmark over several sizes: runs the script once per size in a watched child
  * (`runIsolated`, with the same arguments and `--n <size>`) and prints each child's JSON lines on
  * stdout with `discardedAttempts` added (the attempts killed as deadlocked before it succeeded).
  */
-export async function runSizesIsolated(opts: { script: string; sizes: number[]; stallMs: number; timeoutMs: number; attempts: number; progress: (msg: string) => void }): Promise<void> {
+export async function runSizesIsolated(opts: { script: string; sizes: number[]; progress: (msg: string) => void }): Promise<void> {
   for (const n of opts.sizes) {
-    const { lines, discarded } = await runIsolated({ ...opts, label: `N=${n}`, args: withSize(process.argv.slice(2), n) });
+    const { lines, discarded } = await runIsolated({ ...opts, ...FLEET_CHILD, label: `N=${n}`, args: withSize(process.argv.slice(2), n) });
     for (const line of lines) process.stdout.write(`${JSON.stringify({ ...(JSON.parse(line) as object), discardedAttempts: discarded })}\n`);
   }
 }

@@ -179,16 +179,9 @@ export interface MonitorHooks {
 /** Longest host id, name, role, address or session id taken from a record. */
 const MAX_ID_LENGTH = 256;
 
-interface HostEntry {
-  id: string;
-  name: string;
-  role: string;
-  address: string | null;
-  labels: Record<string, string>;
-  facts: Record<string, unknown>;
+interface HostEntry extends HostInfo {
   cpuCount: number | null;
   memTotalBytes: number | null;
-  sessionId: string | null;
   connected: boolean;
   state: HostState;
   since: number;

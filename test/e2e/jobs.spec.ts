@@ -305,20 +305,24 @@ class Fleet {
   }
 }
 
-describe('jobs end to end: one server with its sink, three client processes, bolt-core run/show/cancel/runs', function () {
-  this.timeout(60_000);
-  const fleet = new Fleet(false);
-
+/** A fleet started before the describe's tests and stopped (with every CLI and leftover process) after them. */
+function fleetFor(separateSink: boolean): Fleet {
+  const fleet = new Fleet(separateSink);
   before(async function () {
     this.timeout(90_000);
     await fleet.start();
   });
-
   after(async () => {
     await killClis();
     await fleet.stop();
     killLeftovers();
   });
+  return fleet;
+}
+
+describe('jobs end to end: one server with its sink, three client processes, bolt-core run/show/cancel/runs', function () {
+  this.timeout(60_000);
+  const fleet = fleetFor(false);
 
   it('runs a three-task DAG on three clients in order, with each host\'s output, exit 0', async () => {
     await fleet.waitHealthy();
@@ -518,18 +522,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
 
 describe('jobs end to end with a separate sink process (--role server, --role sink)', function () {
   this.timeout(60_000);
-  const fleet = new Fleet(true);
-
-  before(async function () {
-    this.timeout(90_000);
-    await fleet.start();
-  });
-
-  after(async () => {
-    await killClis();
-    await fleet.stop();
-    killLeftovers();
-  });
+  const fleet = fleetFor(true);
 
   it('has the events of a client that connected before the sink registered with the server', async () => {
     const r = cli(['run', job('early'), ...fleet.flags, '--no-progress', '--json']);

@@ -1,28 +1,12 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { runShell, TailBuffer } from '../run.ts';
-
-/** Live (non-zombie) processes whose command line contains marker. */
-function processesWith(marker: string): Array<{ pid: number; args: string }> {
-  const found: Array<{ pid: number; args: string }> = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, 'latin1');
-      if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) continue;
-      const args = readFileSync(`/proc/${name}/cmdline`, 'latin1').split('\0').join(' ');
-      if (args.includes(marker)) found.push({ pid: Number(name), args });
-    } catch {
-      // the process ended while we looked
-    }
-  }
-  return found;
-}
+import { processesWith } from './fake-client.ts';
 
 /** A unique sleep length ("30.<random digits>") that marks the processes of one test in /proc. */
 function uniqueSleep(): string {
