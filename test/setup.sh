@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh clone, so `npm test` works on its own:
-# the npm packages, and (as root) the Debian packages the tests drive.
+# the npm packages, and (as root) the Debian packages the tests drive (sysstat for the metric
+# accuracy tests, sshd and Ansible for the shell-fanout peers, chromium for the dashboard tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ command -v ip >/dev/null || need+=(iproute2)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v ansible >/dev/null || need+=(ansible)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

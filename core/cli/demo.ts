@@ -2,11 +2,12 @@
  * `bolt-core demo`: the whole system on this machine. Starts a server (with its sink) and N client
  * agents as separate processes on loopback, waits until every client is accepted and healthy,
  * runs a job (default tasks/quickstart.yaml) with live progress, prints the summary and where to
- * look, and stops everything.
+ * look, saves the run's report, and stops everything (with --keep, after Ctrl-C, so the dashboard
+ * can be looked at).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -65,10 +66,11 @@ async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<
 }
 
 export const demoCommand: Command = {
-  usage: 'bolt-core demo [--clients N] [--data DIR] [--no-progress] [JOB]',
-  summary: 'run a job on a local server, sink and N client processes (default 4, tasks/quickstart.yaml), then stop them',
+  usage: 'bolt-core demo [--clients N] [--data DIR] [--no-progress] [--keep] [JOB]',
+  summary: 'run a job on a local server, sink and N client processes (default 4, tasks/quickstart.yaml), save its report, then stop them (--keep: leave them up for the dashboard until Ctrl-C)',
   options: {
     clients: { type: 'string' },
+    keep: { type: 'boolean' },
     data: { type: 'string' },
     'no-progress': { type: 'boolean' },
   },
@@ -124,15 +126,31 @@ export const demoCommand: Command = {
       const progress = progressReporter(!values['no-progress']);
       const run = await followRun(api, runId, (r) => progress.update(r)).finally(() => progress.stop());
       process.stdout.write(`\n${taskTable(run)}\n\nrun ${runId} ${run.state} in ${formatDuration(performance.now() - started)}\n`);
+      const sinkUrl = `http://127.0.0.1:${sinkPort}`;
+      const report = await saveReport(connectServer(sinkUrl, token), runId, path.join(root, `report-${runId}.html`)).catch((err: Error) => {
+        say(`demo: could not save the run's report: ${err.message}`);
+        return null;
+      });
       process.stdout.write([
         '',
         'Where to look:',
+        ...(values.keep ? [`  dashboard         ${sinkUrl}/?token=${token}#/runs/${runId}`] : []),
+        ...(report ? [`  report            ${report}  (one HTML file, opens offline)`] : []),
         `  logs              ${root}/server.log, ${root}/client-N.log`,
         `  results (SQLite)  ${path.join(serverDir, 'plugins', 'writer-sqlite', 'sink.sqlite')}`,
         `  again, by hand    bolt-core start --data ${serverDir} --auto-accept`,
         `                    bolt-core show ${runId} --data ${serverDir}`,
+        ...(values.keep ? [] : ['  the dashboard     bolt-core demo --keep (npm start -- --keep) leaves everything up to look at it']),
         '',
       ].join('\n'));
+      if (values.keep) {
+        process.off('SIGINT', onSigint);
+        say('demo: server, sink and clients stay up for the dashboard; Ctrl-C stops them');
+        await new Promise<void>((resolve) => {
+          process.once('SIGINT', () => resolve());
+          process.once('SIGTERM', () => resolve());
+        });
+      }
       return run.state === 'succeeded' ? 0 : 1;
     } finally {
       process.off('SIGINT', onSigint);
@@ -141,3 +159,9 @@ export const demoCommand: Command = {
     }
   },
 };
+
+/** Saves the sink's report of the run to `file`; returns the file. */
+async function saveReport(sink: ServerApi, runId: string, file: string): Promise<string> {
+  await writeFile(file, await sink.getText(`/api/runs/${encodeURIComponent(runId)}/report.html`));
+  return file;
+}

@@ -6,6 +6,7 @@ import { demoCommand } from './demo.ts';
 import { hostsCommand } from './hosts.ts';
 import { keysCommand } from './keys.ts';
 import { pluginsCommand } from './plugins.ts';
+import { reportCommand } from './report.ts';
 import { runCommand } from './run.ts';
 import { cancelCommand, runsCommand, showCommand } from './runs.ts';
 import { startCommand } from './start.ts';
@@ -21,6 +22,7 @@ const commands = new Map<string, Command>([
   ['runs', runsCommand],
   ['show', showCommand],
   ['cancel', cancelCommand],
+  ['report', reportCommand],
   ['demo', demoCommand],
 ]);
 

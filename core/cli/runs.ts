@@ -101,9 +101,9 @@ interface RawSeries {
 }
 
 /** The sink's API: --sink, else the server's host (from --server) on port 7701. */
-function sinkBaseUrl(values: Record<string, unknown>): string {
-  if (typeof values.sink === 'string') return apiBaseUrl(values.sink, showCommand);
-  const url = new URL(apiBaseUrl(values.server as string | undefined, showCommand));
+export function sinkBaseUrl(values: Record<string, unknown>, command: Command = showCommand): string {
+  if (typeof values.sink === 'string') return apiBaseUrl(values.sink, command, '--sink');
+  const url = new URL(apiBaseUrl(values.server as string | undefined, command));
   url.port = String(DEFAULT_SINK_PORT);
   return url.origin;
 }

@@ -15,6 +15,8 @@ export interface ServerApi {
   /** The API's base URL (http:// or https://). */
   readonly url: string;
   get<T>(route: string): Promise<T>;
+  /** A route that answers text (a report page); error answers are JSON as everywhere. */
+  getText(route: string): Promise<string>;
   post<T>(route: string, body: string, contentType?: string): Promise<T>;
 }
 
@@ -31,18 +33,18 @@ export class ApiError extends Error {
   }
 }
 
-/** `--server` as the API's base URL: http(s):// as given; the clients' ws(s):// URL is accepted too. */
-export function apiBaseUrl(server: string | undefined, command: Command): string {
+/** `--server` (or the flag named) as the API's base URL: http(s):// as given; the clients' ws(s):// URL is accepted too. */
+export function apiBaseUrl(server: string | undefined, command: Command, flag = '--server'): string {
   const given = server ?? 'http://127.0.0.1:7700';
   let url: URL;
   try {
     url = new URL(given);
   } catch {
-    throw usageError(`--server must be a URL such as http://HOST:7700 (got '${given}')`, command);
+    throw usageError(`${flag} must be a URL such as http://HOST:${flag === '--sink' ? 7701 : 7700} (got '${given}')`, command);
   }
   if (url.protocol === 'ws:') url.protocol = 'http:';
   else if (url.protocol === 'wss:') url.protocol = 'https:';
-  else if (url.protocol !== 'http:' && url.protocol !== 'https:') throw usageError(`--server must be http://, https://, ws:// or wss:// (got '${given}')`, command);
+  else if (url.protocol !== 'http:' && url.protocol !== 'https:') throw usageError(`${flag} must be http://, https://, ws:// or wss:// (got '${given}')`, command);
   return url.origin;
 }
 
@@ -60,7 +62,7 @@ export async function apiToken(token: string | undefined, dataDir: string): Prom
 
 export function connectServer(url: string, token: string, ca?: Buffer): ServerApi {
   const dispatcher = ca ? new Agent({ connect: { ca } }) : undefined;
-  async function call<T>(method: string, route: string, body?: string, contentType?: string): Promise<T> {
+  async function call<T>(method: string, route: string, body?: string, contentType?: string, asText = false): Promise<T> {
     let res: Awaited<ReturnType<typeof undiciFetch>>;
     try {
       res = await undiciFetch(`${url}${route}`, {
@@ -74,6 +76,7 @@ export function connectServer(url: string, token: string, ca?: Buffer): ServerAp
       throw new BoltError('BOLT_ERR_CLI_NOT_RUNNING', `the server at ${url} did not answer: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`, { cause: err });
     }
     const text = await res.text();
+    if (asText && res.ok) return text as T;
     let answer: unknown;
     try {
       answer = JSON.parse(text);
@@ -89,6 +92,7 @@ export function connectServer(url: string, token: string, ca?: Buffer): ServerAp
   return {
     url,
     get: (route) => call('GET', route),
+    getText: (route) => call<string>('GET', route, undefined, undefined, true),
     post: (route, body, contentType) => call('POST', route, body, contentType),
   };
 }

@@ -71,6 +71,7 @@ export const ERROR_CODES = {
   BOLT_ERR_WIRE_API_UNAUTHORIZED: 'The HTTP API request had no or a wrong bearer token; send `Authorization: Bearer <token>` with the token from the api-token file in the server\'s data directory.',
   BOLT_ERR_WIRE_API_NOT_FOUND: 'No HTTP API route has that method and path; the message names both.',
   BOLT_ERR_WIRE_API_TOO_LARGE: 'The HTTP request body exceeds 1 MiB or the request has too many headers; it was refused unread.',
+  BOLT_ERR_WIRE_API_BUSY: 'The listener holds as many open event streams (live dashboard pages) as it allows; close a dashboard tab or try again later.',
   BOLT_ERR_WIRE_TOO_LARGE: 'A wire message exceeds the size limit and was refused before parsing; send smaller batches or raise the limit on both sides.',
   BOLT_ERR_WIRE_MALFORMED: 'A wire message is not JSON, lacks the { v, type, id } envelope or does not match the schema of its type; the message names the field.',
   BOLT_ERR_WIRE_UNKNOWN_TYPE: 'The message type is not one this endpoint accepts from this kind of peer; the message was dropped.',

@@ -99,6 +99,9 @@ describe('bolt-core CLI', function () {
       [['plugins', '--colour'], 'BOLT_ERR_CLI_USAGE'],
       [['start', '--role', 'overlord'], 'BOLT_ERR_CLI_USAGE'],
       [['plugins', '--data', path.join(dir, 'nowhere')], 'BOLT_ERR_CLI_NOT_RUNNING'],
+      [['report', 'r1'], '--out FILE.html is required'],
+      [['report', 'r1', 'r2', '--out', 'x.html'], 'report takes one run id'],
+      [['report', 'r1', '--out', 'x.html', '--sink', 'ftp://sink'], '--sink must be http://'],
     ];
     for (const [args, code] of cases) {
       const r = run(args);

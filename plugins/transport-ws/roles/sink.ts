@@ -12,7 +12,7 @@ import { HealthSampler } from '../client/health-record.ts';
 import { PinStore } from '../client/pins.ts';
 import type { Identity } from '../protocol/index.ts';
 import { WireEndpoint, type ConnectionHandler } from '../server/endpoint.ts';
-import { Listener, TextResponse, type RouteHandler } from '../server/listener.ts';
+import { EventStreamResponse, Listener, TextResponse, type RouteHandler } from '../server/listener.ts';
 import { BoltError } from '../../../plugin-sdk/src/errors.ts';
 import type { TrustRole, TrustStore } from '../server/trust-store.ts';
 import { agentUrl, type RunningRole, type TransportSettings } from './settings.ts';
@@ -21,14 +21,66 @@ import { readFileSync } from 'node:fs';
 export const DEFAULT_SINK_PORT = 7701;
 const MAX_HELD_STATUSES = 10_000;
 
+/** What a dashboard plugin's `ui.asset` service answers. */
+interface UiAsset {
+  contentType: string;
+  body: string;
+  base64?: boolean;
+}
+
+/** The dashboard's own JSON services, `ui.<name>`, reachable as GET /api/ui/<name>. */
+const UI_SERVICE_NAME = /^[a-z][a-z0-9-]{0,31}$/;
+const UI_ASSET_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** The dashboard loads only what this sink serves; styles may be inline (the chart library sets them). */
+const PAGE_POLICY = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+/** A report carries everything inline and may load nothing at all. */
+const REPORT_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'";
+
+function notFound(what: string): never {
+  throw new BoltError('BOLT_ERR_WIRE_API_NOT_FOUND', `No ${what}.`);
+}
+
+async function uiAsset(ctx: PluginContext<TransportSettings>, file: string): Promise<TextResponse> {
+  if (!UI_ASSET_NAME.test(file)) notFound(`dashboard file '${file.slice(0, 80)}'`);
+  const asset = await ctx.bus.request<UiAsset | null>('ui.asset', { path: file });
+  if (asset === null) notFound(`dashboard file '${file}'`);
+  const body = asset.base64 ? Buffer.from(asset.body, 'base64') : asset.body;
+  return new TextResponse(asset.contentType, body, asset.contentType.startsWith('text/html') ? { 'content-security-policy': PAGE_POLICY } : {});
+}
+
 /**
- * The sink's HTTP API: runs and metrics as the writer stores them, and Prometheus. The plugins
- * behind the bus services answer; this is only their HTTP face.
+ * The sink's HTTP API: runs and metrics as the writer stores them, Prometheus, and the dashboard
+ * (pages, its JSON views, live events and reports, all from the `ui.*` services and the `ui.live`
+ * topic of a dashboard plugin). The plugins behind the bus services answer; this is only their HTTP face.
  */
 function sinkRoutes(ctx: PluginContext<TransportSettings>): Map<string, RouteHandler> {
   const { bus, roles } = ctx;
   const numberOf = (text: string | null) => (text === null || text === '' || !Number.isFinite(Number(text)) ? undefined : Number(text));
   return new Map<string, RouteHandler>([
+    ['/', () => uiAsset(ctx, 'index.html')],
+    ['/ui/:file', (req) => uiAsset(ctx, req.params.file!)],
+    ['/api/ui/:name', async (req) => {
+      const name = req.params.name!;
+      if (!UI_SERVICE_NAME.test(name)) notFound(`dashboard view '${name.slice(0, 80)}'`);
+      const answer = await bus.request(`ui.${name}`, Object.fromEntries(req.query), { timeoutMs: 30_000 });
+      if (answer === null) notFound(`${name} for ${req.query.toString().slice(0, 200) || 'that request'}`);
+      return answer;
+    }],
+    ['/api/live', (req) => {
+      const run = req.query.get('run');
+      return new EventStreamResponse((sink) => bus.subscribe('ui.live', (data) => {
+        const message = data as { kind?: unknown; runId?: unknown } | null;
+        if (typeof message?.kind !== 'string') return;
+        if (run !== null && message.runId !== undefined && message.runId !== run) return;
+        sink.send(message.kind, message);
+      }));
+    }],
+    ['/api/runs/:id/report.html', async (req) => {
+      const html = await bus.request<string | null>('ui.report', { runId: req.params.id }, { timeoutMs: 60_000 });
+      if (html === null) throw new BoltError('BOLT_ERR_RUN_NOT_FOUND', `The sink has no run ${req.params.id}.`);
+      return new TextResponse('text/html; charset=utf-8', html, { 'content-security-policy': REPORT_POLICY });
+    }],
     ['/api/health', () => ({ ok: true, roles })],
     ['/api/runs', (req) => bus.request('sink.runs', { ...(req.query.get('state') && { state: req.query.get('state') }), ...(req.query.get('job') && { job: req.query.get('job') }) })],
     ['/api/runs/:id', async (req) => {
@@ -54,6 +106,7 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
     ...(options.tlsCert && options.tlsKey && { tls: { certFile: options.tlsCert, keyFile: options.tlsKey } }),
     dataDir: ctx.dataDir,
     routes: sinkRoutes(ctx),
+    browserLogin: true,
     onError: (err, req) => log.error({ err: String(err), path: req.path }, 'API handler failed'),
   });
   const clientHandlers = new Map<string, ConnectionHandler>([
@@ -128,7 +181,8 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
     });
     flushHeld = flush;
   }
-  log.info({ url: listener.url(), ingest: listener.wsUrl('/ingest') }, `sink listening on ${listener.url()}`);
+  // As a notebook server does: the address with the token is how a person gets to the dashboard.
+  log.info({ url: listener.url(), ingest: listener.wsUrl('/ingest') }, `sink listening on ${listener.url()}; dashboard: ${listener.url('/')}?token=${listener.token}`);
   return {
     port: listener.port,
     secure: listener.secure,

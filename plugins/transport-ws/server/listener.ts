@@ -10,6 +10,11 @@
  * The token lives in `<dataDir>/api-token` (mode 0600), created on first start and kept across
  * restarts; every route except the public ones (default: /api/health) needs
  * `Authorization: Bearer <token>`, compared in constant time.
+ *
+ * Browsers (`browserLogin`): `GET <path>?token=<token>` answers 303 to the same path without the
+ * token and sets a session cookie (HttpOnly, SameSite=Strict) derived from the token; the cookie
+ * then authenticates GET and HEAD requests only, so a page can read but never start or cancel
+ * anything, and no other site can make a browser send it.
  */
 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -41,17 +46,46 @@ export interface ApiRequest {
   body: Buffer;
 }
 
-/** A 200 answer that is not JSON (the Prometheus text format, a dashboard page). */
+/** A 200 answer that is not JSON (the Prometheus text format, a dashboard page), with extra headers such as a Content-Security-Policy. */
 export class TextResponse {
   readonly contentType: string;
-  readonly body: string;
-  constructor(contentType: string, body: string) {
+  readonly body: string | Buffer;
+  readonly headers: Readonly<Record<string, string>>;
+  constructor(contentType: string, body: string | Buffer, headers: Record<string, string> = {}) {
     this.contentType = contentType;
     this.body = body;
+    this.headers = headers;
   }
 }
 
-/** Returns the JSON body of a 200 answer, or a TextResponse; a thrown error becomes a JSON error answer. */
+/** Writes server-sent events to one open stream. */
+export interface EventSink {
+  /** Queues `event: <event>` with `data` as JSON; false (and the stream closed) when the reader fell more than maxEventStreamBytes behind. */
+  send(event: string, data: unknown): boolean;
+}
+
+/**
+ * A `text/event-stream` answer that stays open: `open` is called once the headers are out and
+ * returns what to call when the stream ends (the browser went away, fell behind, or the listener closed).
+ */
+export class EventStreamResponse {
+  readonly open: (sink: EventSink) => () => void;
+  constructor(open: (sink: EventSink) => () => void) {
+    this.open = open;
+  }
+}
+
+/** Open event streams a listener keeps at most; more are answered 503. */
+export const MAX_EVENT_STREAMS = 100;
+/** Unsent bytes an event stream may hold before its reader is dropped. */
+export const MAX_EVENT_STREAM_BYTES = 1024 * 1024;
+/** A comment line this often keeps proxies and browsers from closing an idle stream. */
+const EVENT_STREAM_KEEPALIVE_MS = 15_000;
+
+/** The cookie a browser gets for `?token=` (see `browserLogin`). */
+export const SESSION_COOKIE = 'bolt_session';
+
+/** Returns the JSON body of a 200 answer, a TextResponse or an EventStreamResponse; a thrown error becomes a JSON error answer. */
 export type RouteHandler = (request: ApiRequest) => unknown;
 
 export interface ListenerOptions {
@@ -71,6 +105,8 @@ export interface ListenerOptions {
   routes?: ReadonlyMap<string, RouteHandler>;
   /** Routes served without the token. Default: '/api/health'. */
   publicPaths?: ReadonlySet<string>;
+  /** Lets browsers log in with `?token=` and a session cookie (see the file comment). Default false. */
+  browserLogin?: boolean;
   maxHeaders?: number;
   /** Default 10 000 ms. */
   headersTimeoutMs?: number;
@@ -91,7 +127,10 @@ export class Listener {
   readonly tokenFile: string;
   readonly #opts: ListenerOptions;
   readonly #tokenHash: Buffer;
+  readonly #sessionHash: Buffer;
+  readonly #session: string;
   readonly #router: Router;
+  readonly #streams = new Set<() => void>();
 
   /** Creates the server, loads or creates the token, and listens. Rejects if the port is taken or a TLS file is unreadable. */
   static async start(options: ListenerOptions): Promise<Listener> {
@@ -112,6 +151,8 @@ export class Listener {
     this.tokenFile = path.join(options.dataDir, API_TOKEN_FILE);
     this.token = loadOrCreateToken(this.tokenFile);
     this.#tokenHash = sha256(`Bearer ${this.token}`);
+    this.#session = createHash('sha256').update(`bolt dashboard session\n${this.token}`).digest('base64url');
+    this.#sessionHash = sha256(this.#session);
     const maxHeaders = options.maxHeaders ?? MAX_REQUEST_HEADERS;
     const serverOptions: ServerOptions = {
       maxHeaderSize: 16 * 1024,
@@ -153,6 +194,7 @@ export class Listener {
    * connection of the server has closed, upgraded WebSockets included: close WireEndpoints first.
    */
   async close(): Promise<void> {
+    for (const end of [...this.#streams]) end();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeAllConnections();
     await closed;
@@ -184,7 +226,9 @@ export class Listener {
     }
     const handler = match.handler;
     request.params = match.params;
-    if (!(this.#opts.publicPaths ?? DEFAULT_PUBLIC).has(request.path) && !this.#authorized(req)) {
+    if (this.#opts.browserLogin && method === 'GET' && request.query.has('token')) return this.#login(request, res);
+    if (!(this.#opts.publicPaths ?? DEFAULT_PUBLIC).has(request.path) && !this.#authorized(req, method)) {
+      if (this.#opts.browserLogin && !request.path.startsWith('/api/') && method === 'GET') return replyText(res, new TextResponse('text/html; charset=utf-8', loginPage(this.url('/')), { 'content-security-policy': "default-src 'none'" }), 401);
       return reply(res, 401, apiError('BOLT_ERR_WIRE_API_UNAUTHORIZED', `Missing or wrong bearer token (see ${API_TOKEN_FILE} in the data directory).`), true);
     }
     const body = await readBody(req, this.#opts.maxBodyBytes ?? MAX_BODY_BYTES);
@@ -193,6 +237,7 @@ export class Listener {
     try {
       const answer = await handler(request);
       if (answer instanceof TextResponse) replyText(res, answer);
+      else if (answer instanceof EventStreamResponse) this.#stream(res, answer);
       else reply(res, 200, answer, false);
     } catch (err) {
       const info = handlerFailure(toErrorInfo(err));
@@ -201,10 +246,83 @@ export class Listener {
     }
   }
 
-  #authorized(req: IncomingMessage): boolean {
+  #authorized(req: IncomingMessage, method: string): boolean {
     // Hashing both sides makes the comparison constant-time whatever the length given.
-    return timingSafeEqual(sha256(req.headers.authorization ?? ''), this.#tokenHash);
+    if (timingSafeEqual(sha256(req.headers.authorization ?? ''), this.#tokenHash)) return true;
+    if (!this.#opts.browserLogin || method !== 'GET') return false;
+    return timingSafeEqual(sha256(cookieValue(req.headers.cookie, SESSION_COOKIE) ?? ''), this.#sessionHash);
   }
+
+  /** `?token=`: the session cookie and a redirect to the same address without the token, or 401. */
+  #login(request: ApiRequest, res: ServerResponse): void {
+    if (!timingSafeEqual(sha256(`Bearer ${request.query.get('token')}`), this.#tokenHash)) {
+      return replyText(res, new TextResponse('text/html; charset=utf-8', loginPage(this.url('/')), { 'content-security-policy': "default-src 'none'" }), 401);
+    }
+    const rest = new URLSearchParams(request.query);
+    rest.delete('token');
+    const location = `${request.path}${rest.size > 0 ? `?${rest}` : ''}`;
+    res.writeHead(303, {
+      location,
+      'set-cookie': `${SESSION_COOKIE}=${this.#session}; Path=/; HttpOnly; SameSite=Strict${this.secure ? '; Secure' : ''}`,
+      'cache-control': 'no-store',
+      'content-length': 0,
+    });
+    res.end();
+  }
+
+  #stream(res: ServerResponse, answer: EventStreamResponse): void {
+    if (this.#streams.size >= MAX_EVENT_STREAMS) {
+      return reply(res, 503, apiError('BOLT_ERR_WIRE_API_BUSY', `${MAX_EVENT_STREAMS} event streams are open already; close a dashboard tab or try again later.`), false);
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
+    res.write(': bolt\n\n');
+    let ended = false;
+    let stop = () => {};
+    const keepalive = setInterval(() => res.write(': keepalive\n\n'), EVENT_STREAM_KEEPALIVE_MS);
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      clearInterval(keepalive);
+      this.#streams.delete(end);
+      stop();
+      res.end();
+    };
+    this.#streams.add(end);
+    res.on('close', end);
+    stop = answer.open({
+      send(event, data) {
+        if (ended) return false;
+        if (res.writableLength > MAX_EVENT_STREAM_BYTES) {
+          end();
+          res.destroy();
+          return false;
+        }
+        res.write(`event: ${event.replace(/[\r\n]/g, '')}\ndata: ${JSON.stringify(data)}\n\n`);
+        return true;
+      },
+    });
+    if (ended) stop();
+  }
+}
+
+/** The value of cookie `name` in a Cookie header, or undefined. */
+function cookieValue(header: string | undefined, name: string): string | undefined {
+  for (const part of (header ?? '').split(';')) {
+    const eq = part.indexOf('=');
+    if (eq !== -1 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+/** What a browser without a session sees. */
+function loginPage(url: string): string {
+  return [
+    '<!doctype html><meta charset="utf-8"><title>Bolt: sign in</title>',
+    '<body style="font:15px system-ui,sans-serif;max-width:40em;margin:3em auto;line-height:1.5">',
+    '<h1>Bolt</h1><p>This page needs the sink\'s API token. Open the address that <code>bolt-core start</code> or',
+    ` <code>bolt-core demo --keep</code> printed, or add the token yourself: <code>${url}?token=TOKEN</code>, where TOKEN is in`,
+    ` <code>DATA/plugins/transport-ws/${API_TOKEN_FILE}</code> on the sink's machine.</p>`,
+  ].join('');
 }
 
 const DEFAULT_PUBLIC: ReadonlySet<string> = new Set(['/api/health']);
@@ -293,9 +411,15 @@ function reply(res: ServerResponse, status: number, body: unknown, close: boolea
   res.end(res.req.method === 'HEAD' ? undefined : text);
 }
 
-function replyText(res: ServerResponse, answer: TextResponse): void {
+function replyText(res: ServerResponse, answer: TextResponse, status = 200): void {
   if (res.headersSent) return;
-  res.writeHead(200, { 'content-type': answer.contentType, 'content-length': Buffer.byteLength(answer.body), 'cache-control': 'no-store' });
+  res.writeHead(status, {
+    ...answer.headers,
+    'content-type': answer.contentType,
+    'content-length': Buffer.byteLength(answer.body),
+    'cache-control': 'no-store',
+    'x-content-type-options': 'nosniff',
+  });
   res.end(res.req.method === 'HEAD' ? undefined : answer.body);
 }
 

@@ -2,7 +2,8 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import http from 'node:http';
 import { BoltError } from '../../../../plugin-sdk/src/errors.ts';
-import { API_TOKEN_FILE, Listener, TextResponse, type ApiRequest, type RouteHandler } from '../../server/listener.ts';
+import { API_TOKEN_FILE, EventStreamResponse, Listener, MAX_EVENT_STREAM_BYTES, SESSION_COOKIE, TextResponse, type ApiRequest, type EventSink, type RouteHandler } from '../../server/listener.ts';
+import { eventually } from '../../../../test/helpers/processes.ts';
 import { cleanUp, rawRequest, tempDir } from './harness.ts';
 
 async function start(dataDir: string, seen: ApiRequest[] = []): Promise<Listener> {
@@ -120,5 +121,92 @@ describe('transport-ws server: Listener (HTTP API, token, limits)', function () 
     } finally {
       await listener.close();
     }
+  });
+
+  describe('browsers (browserLogin)', () => {
+    async function startBrowserFacing(dataDir: string, streams: EventSink[] = [], ended: string[] = []): Promise<Listener> {
+      const routes = new Map<string, RouteHandler>([
+        ['/', () => new TextResponse('text/html; charset=utf-8', '<p>dashboard</p>', { 'content-security-policy': "default-src 'self'" })],
+        ['/api/runs', () => [{ id: 'r1' }]],
+        ['POST /api/runs/:id/cancel', (req) => ({ cancelled: req.params.id })],
+        ['/api/live', (req) => new EventStreamResponse((sink) => {
+          streams.push(sink);
+          return () => ended.push(req.query.get('run') ?? '');
+        })],
+      ]);
+      return Listener.start({ port: 0, host: '127.0.0.1', dataDir, routes, browserLogin: true });
+    }
+
+    it('trades ?token= for an HttpOnly SameSite=Strict cookie that authenticates reads but never a POST', async () => {
+      const listener = await startBrowserFacing(tempDir());
+      try {
+        const wrong = await fetch(listener.url(`/?token=${listener.token}x`), { redirect: 'manual' });
+        expect(wrong.status).to.equal(401);
+        expect(wrong.headers.get('set-cookie')).to.equal(null);
+        expect(await wrong.text()).to.include('?token=');
+
+        const login = await fetch(listener.url(`/?token=${listener.token}&view=runs`), { redirect: 'manual' });
+        expect(login.status).to.equal(303);
+        expect(login.headers.get('location'), 'the token leaves the address bar').to.equal('/?view=runs');
+        const cookie = login.headers.get('set-cookie') ?? '';
+        expect(cookie).to.match(new RegExp(`^${SESSION_COOKIE}=[A-Za-z0-9_-]{43}; Path=/; HttpOnly; SameSite=Strict$`));
+        expect(cookie, 'the cookie is not the token').not.to.include(listener.token);
+        const session = cookie.split(';')[0]!;
+
+        const page = await fetch(listener.url('/'), { headers: { cookie: session } });
+        expect(page.status).to.equal(200);
+        expect(page.headers.get('content-security-policy')).to.equal("default-src 'self'");
+        expect(page.headers.get('x-content-type-options')).to.equal('nosniff');
+        expect(await page.text()).to.equal('<p>dashboard</p>');
+        expect((await fetch(listener.url('/api/runs'), { headers: { cookie: `other=1; ${session}` } })).status).to.equal(200);
+        expect((await fetch(listener.url('/api/runs/r1/cancel'), { method: 'POST', headers: { cookie: session } })).status, 'a cookie never authorizes a change').to.equal(401);
+        expect((await fetch(listener.url('/api/runs/r1/cancel'), { method: 'POST', headers: { authorization: `Bearer ${listener.token}` } })).status).to.equal(200);
+        expect((await fetch(listener.url('/api/runs'), { headers: { cookie: `${SESSION_COOKIE}=${listener.token}` } })).status).to.equal(401);
+
+        const anonymous = await fetch(listener.url('/'));
+        expect(anonymous.status).to.equal(401);
+        expect(anonymous.headers.get('content-type')).to.match(/^text\/html/);
+        expect((await fetch(listener.url('/api/runs'))).headers.get('content-type')).to.match(/^application\/json/);
+      } finally {
+        await listener.close();
+      }
+    });
+
+    it('streams server-sent events until the reader leaves, and drops a reader that stops reading', async () => {
+      const streams: EventSink[] = [];
+      const ended: string[] = [];
+      const listener = await startBrowserFacing(tempDir(), streams, ended);
+      try {
+        const controller = new AbortController();
+        const res = await fetch(listener.url('/api/live?run=r1'), { headers: { authorization: `Bearer ${listener.token}` }, signal: controller.signal });
+        expect(res.headers.get('content-type')).to.equal('text/event-stream; charset=utf-8');
+        const reader = res.body!.getReader();
+        await eventually(() => streams.length === 1 || undefined, 5000);
+        expect(streams[0]!.send('task', { kind: 'task', runId: 'r1', n: 1 })).to.equal(true);
+        let text = '';
+        while (!text.includes('\n\nevent: task')) text += new TextDecoder().decode((await reader.read()).value);
+        while (!text.endsWith('\n\n')) text += new TextDecoder().decode((await reader.read()).value);
+        expect(text).to.equal(': bolt\n\nevent: task\ndata: {"kind":"task","runId":"r1","n":1}\n\n');
+        controller.abort();
+        await eventually(() => ended.length === 1 || undefined, 5000);
+        expect(ended).to.deep.equal(['r1']);
+        expect(streams[0]!.send('task', {})).to.equal(false);
+
+        // A reader that never reads: the socket's buffers fill, then the listener's, then it is dropped.
+        const stalled = await new Promise<http.IncomingMessage>((resolve, reject) => {
+          http.get(listener.url('/api/live?run=r2'), { headers: { authorization: `Bearer ${listener.token}` } }, resolve).on('error', reject);
+        });
+        stalled.pause();
+        await eventually(() => streams.length === 2 || undefined, 5000);
+        const chunk = { kind: 'metrics', pad: 'x'.repeat(64 * 1024) };
+        let sent = 0;
+        while (streams[1]!.send('metrics', chunk) && sent < 1000) sent++;
+        expect(sent, 'sends before the stalled reader was dropped').to.be.within(MAX_EVENT_STREAM_BYTES / (64 * 1024), 999);
+        await eventually(() => ended.length === 2 || undefined, 5000);
+        stalled.destroy();
+      } finally {
+        await listener.close();
+      }
+    });
   });
 });
