@@ -2,40 +2,33 @@
 import { readFileSync } from 'node:fs';
 import { toErrorInfo } from '../../plugin-sdk/src/errors.ts';
 import { parseCommandArgs, type Command } from './command.ts';
-import { demoCommand } from './demo.ts';
-import { hostsCommand } from './hosts.ts';
-import { keysCommand } from './keys.ts';
-import { pluginsCommand } from './plugins.ts';
-import { reportCommand } from './report.ts';
-import { runCommand } from './run.ts';
-import { cancelCommand, runsCommand, showCommand } from './runs.ts';
-import { startCommand } from './start.ts';
-import { validateCommand } from './validate.ts';
 
-const commands = new Map<string, Command>([
-  ['start', startCommand],
-  ['plugins', pluginsCommand],
-  ['hosts', hostsCommand],
-  ['keys', keysCommand],
-  ['validate', validateCommand],
-  ['run', runCommand],
-  ['runs', runsCommand],
-  ['show', showCommand],
-  ['cancel', cancelCommand],
-  ['report', reportCommand],
-  ['demo', demoCommand],
+/** Each command's module is loaded only when it runs (or for the help), so a quick command stays quick. */
+const commands = new Map<string, () => Promise<Command>>([
+  ['start', async () => (await import('./start.ts')).startCommand],
+  ['plugins', async () => (await import('./plugins.ts')).pluginsCommand],
+  ['hosts', async () => (await import('./hosts.ts')).hostsCommand],
+  ['keys', async () => (await import('./keys.ts')).keysCommand],
+  ['validate', async () => (await import('./validate.ts')).validateCommand],
+  ['run', async () => (await import('./run.ts')).runCommand],
+  ['runs', async () => (await import('./runs.ts')).runsCommand],
+  ['show', async () => (await import('./runs.ts')).showCommand],
+  ['cancel', async () => (await import('./runs.ts')).cancelCommand],
+  ['report', async () => (await import('./report.ts')).reportCommand],
+  ['demo', async () => (await import('./demo.ts')).demoCommand],
 ]);
 
 /** Errors that mean "bad input or usage": exit 2. */
 const USAGE_CODES = new Set(['BOLT_ERR_CLI_USAGE', 'BOLT_ERR_CLI_NOT_RUNNING', 'BOLT_ERR_CONFIG_INVALID', 'BOLT_ERR_WIRE_KEY_UNKNOWN', 'BOLT_ERR_WIRE_KEY_AMBIGUOUS', 'BOLT_ERR_BUS_NO_PROVIDER']);
 
-function help(): string {
+async function help(): Promise<string> {
   const width = Math.max(...[...commands.keys()].map((k) => k.length));
+  const loaded = await Promise.all([...commands].map(async ([name, load]) => [name, await load()] as const));
   return [
     'usage: bolt-core <command> [options]',
     '',
     'commands:',
-    ...[...commands].map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
+    ...loaded.map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
     '',
     "'bolt-core <command> --help' shows a command's options.",
   ].join('\n');
@@ -44,7 +37,7 @@ function help(): string {
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
-    process.stdout.write(`${help()}\n`);
+    process.stdout.write(`${await help()}\n`);
     return name === undefined ? 2 : 0;
   }
   if (name === '--version' || name === 'version') {
@@ -52,11 +45,12 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${pkg.version}\n`);
     return 0;
   }
-  const command = commands.get(name);
-  if (!command) {
-    process.stderr.write(`bolt-core: BOLT_ERR_CLI_USAGE: unknown command '${name}'\n\n${help()}\n`);
+  const load = commands.get(name);
+  if (!load) {
+    process.stderr.write(`bolt-core: BOLT_ERR_CLI_USAGE: unknown command '${name}'\n\n${await help()}\n`);
     return 2;
   }
+  const command = await load();
   if (rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(`usage: ${command.usage}\n${command.summary}\n`);
     return 0;

@@ -104,3 +104,18 @@ export function hostTable(run: RunView): string {
   }
   return formatTable(['TASK', 'HOST', 'STATE', 'EXIT', 'STARTED (UTC)', 'DURATION', 'OUTPUT (LAST LINE)'], rows);
 }
+
+/** A problem in a job file, as the parser reports it. */
+export interface JobIssue {
+  code: string;
+  message: string;
+  file: string;
+  line: number;
+  column: number;
+  path: string;
+}
+
+/** `file:line:column: CODE: message`, the form editors jump to. */
+export function formatJobIssue(i: JobIssue): string {
+  return `${i.file}${i.line ? `:${i.line}:${i.column}` : ''}: ${i.code}: ${i.message}`;
+}

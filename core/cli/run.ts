@@ -5,8 +5,7 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { parsePairs, usageError, type Command } from './command.ts';
 import { ApiError, apiBaseUrl, apiToken, connectServer, type ServerApi } from './server-api.ts';
-import { FINAL_RUN_STATES, formatDuration, hostCounts, taskTable, type RunView } from './run-view.ts';
-import { formatJobIssue, type JobIssue } from './validate.ts';
+import { FINAL_RUN_STATES, formatDuration, formatJobIssue, hostCounts, taskTable, type JobIssue, type RunView } from './run-view.ts';
 
 const POLL_MS = 250;
 

@@ -8,16 +8,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { BUILTIN_PLUGINS_DIR, Core } from '../runtime.ts';
 import { parsePairs, usageError, type Command } from './command.ts';
-
-/** A problem in a job file, as the parser reports it. */
-export interface JobIssue {
-  code: string;
-  message: string;
-  file: string;
-  line: number;
-  column: number;
-  path: string;
-}
+import { formatJobIssue, type JobIssue } from './run-view.ts';
 
 /** The parts of a parsed job the summary shows. */
 interface ParsedJob {
@@ -25,11 +16,6 @@ interface ParsedJob {
   groups: Record<string, { labels?: Record<string, string>; count?: unknown }>;
   tasks: { id: string; action: string; hosts: string[]; needs: string[]; start: string; timeoutMs?: number | null }[];
   schedule?: string;
-}
-
-/** `file:line:column: CODE: message`, the form editors jump to. */
-export function formatJobIssue(i: JobIssue): string {
-  return `${i.file}${i.line ? `:${i.line}:${i.column}` : ''}: ${i.code}: ${i.message}`;
 }
 
 /** Parses `text` with the parser-yaml plugin in a private, silent core. */
