@@ -188,12 +188,12 @@ export function serveAction(ctx: Pick<PluginContext<unknown>, 'bus' | 'log' | 'o
   }
 
   /**
-   * Hands one event to client.send, retrying with the same id until it is accepted. It is also
-   * published on this host's bus as `client.task.event`, so collectors know when a task started
-   * and ended here.
+   * Hands one event to client.send, retrying with the same id until it is accepted. Unless
+   * `published` says it was already, it is also published on this host's bus as
+   * `client.task.event`, so collectors know when a task started and ended here.
    */
-  async function deliver(event: TaskEventMessage): Promise<void> {
-    bus.publish('client.task.event', event);
+  async function deliver(event: TaskEventMessage, published = false): Promise<void> {
+    if (!published) bus.publish('client.task.event', event);
     const giveUpAt = performance.now() + SEND_RETRY_FOR_MS;
     let delayMs = 100;
     let warned = false;
@@ -302,8 +302,12 @@ export function serveAction(ctx: Pick<PluginContext<unknown>, 'bus' | 'log' | 'o
     if (outcome.stdoutTail) fields.stdoutTail = tail(outcome.stdoutTail);
     if (stderr !== '') fields.stderrTail = tail(stderr);
     if (outcome.error) log.info({ id: task.id, runId: task.runId, taskId: task.taskId, kind, code: outcome.error.code }, `${action} ${kind}: ${outcome.error.message}`);
+    // Collectors end their windows on the final event: they hear of it (and its instant) now,
+    // even while the started event still waits for client.send (outbox full, transport away).
+    const final = await event(task, kind, fields);
+    bus.publish('client.task.event', final);
     await sending;
-    await deliver(await event(task, kind, fields));
+    await deliver(final, true);
   }
 
   /** Resolves with an outcome stopGraceMs after the task was ended, if run has not settled by then. */

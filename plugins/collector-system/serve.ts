@@ -93,6 +93,8 @@ interface Loop {
   members: Set<Member>;
   readers: Map<string, GroupReader>;
   startedMs: number;
+  /** The beat slot (0, 1, ...) of the latest tick since startedMs. */
+  slot: number;
   ticks: number;
   busy: boolean;
   timer?: NodeJS.Timeout;
@@ -236,13 +238,14 @@ export function serveCollector(ctx: Pick<PluginContext<unknown>, 'name' | 'bus' 
     member.state = 'open';
     let loop = loops.get(member.intervalMs);
     if (!loop) {
-      loop = { intervalMs: member.intervalMs, members: new Set(), readers: new Map(), startedMs: performance.now(), ticks: 0, busy: false };
+      loop = { intervalMs: member.intervalMs, members: new Set(), readers: new Map(), startedMs: performance.now(), slot: 0, ticks: 0, busy: false };
       loops.set(member.intervalMs, loop);
     }
     loop.members.add(member);
     for (const group of member.groups) if (!loop.readers.has(group)) loop.readers.set(group, definition.openReader(group));
     if (loop.timer === undefined && !loop.busy) {
       loop.startedMs = performance.now();
+      loop.slot = 0;
       void tick(loop);
     }
     keepClockFresh();
@@ -305,9 +308,11 @@ export function serveCollector(ctx: Pick<PluginContext<unknown>, 'name' | 'bus' 
       stream.add(member.runId, samples);
     }
     if (loops.get(loop.intervalMs) !== loop) return;
-    // The next slot of the loop's beat that is still ahead (a slow tick skips slots, never bunches them).
+    // The next slot of the loop's beat that is still ahead (a slow tick skips slots, never bunches
+    // them). A timer may fire up to a millisecond early: the slot after this tick's own, never its own again.
     const now = performance.now();
-    const next = loop.startedMs + Math.max(1, Math.ceil((now - loop.startedMs) / loop.intervalMs)) * loop.intervalMs;
+    loop.slot = Math.max(loop.slot + 1, Math.ceil((now - loop.startedMs) / loop.intervalMs));
+    const next = loop.startedMs + loop.slot * loop.intervalMs;
     loop.timer = setTimeout(() => void tick(loop), next - now);
   }
 
