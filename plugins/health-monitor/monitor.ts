@@ -16,6 +16,7 @@
  */
 
 import { BoltError } from 'bolt-plugin-sdk';
+import { WIRE_LIMITS, type PluginSummary } from '../../plugin-sdk/src/schemas/wire.ts';
 
 /** Every state a host can be in. */
 export const HOST_STATES = ['healthy', 'degraded', 'unhealthy', 'missing', 'lost'] as const;
@@ -153,6 +154,8 @@ export interface HostView {
   lastHeartbeatAt: number | null;
   clockOffsetMs: number | null;
   health: HealthRecord | null;
+  /** The host's plugin table as its heartbeats last reported it (null before any report). */
+  plugins: PluginSummary[] | null;
   /** Whether the transport holds a session with the host. */
   connected: boolean;
 }
@@ -197,6 +200,7 @@ interface HostEntry extends HostInfo {
   lastSeenAt: number;
   lastHeartbeatAt: number | null;
   health: HealthRecord | null;
+  plugins: PluginSummary[] | null;
   history: HistoryEntry[];
 }
 
@@ -277,10 +281,12 @@ export class HealthMonitor {
       h = this.admit(info, now, judged.level, joinReasons('heartbeat from a host connected before the monitor started', judged.reason));
       if (!h) return false;
       h.health = health;
+      h.plugins = pluginsOf(record) ?? h.plugins;
       h.lastHeartbeatAt = now;
       return true;
     }
     h.health = health;
+    h.plugins = pluginsOf(record) ?? h.plugins;
     h.lastHeartbeatAt = now;
     h.lastSeenAt = now;
     h.connected = true;
@@ -370,7 +376,7 @@ export class HealthMonitor {
       id: info.id, name: info.name, role: info.role, address: null, labels: {}, facts: {}, cpuCount: null, memTotalBytes: null,
       sessionId: null, connected: true, state, since: now, reason, life: 1,
       level: state === 'degraded' || state === 'unhealthy' ? state : 'healthy', betterStreak: 0, betterLevel: 'healthy', betterReason: '',
-      lastSeenAt: now, lastHeartbeatAt: null, health: null, history: [],
+      lastSeenAt: now, lastHeartbeatAt: null, health: null, plugins: null, history: [],
     };
     this.describe(h, info);
     this.hosts.set(h.id, h);
@@ -559,8 +565,13 @@ function view(h: HostEntry): HostView {
     id: h.id, name: h.name, role: h.role, address: h.address, labels: h.labels, facts: h.facts,
     state: h.state, since: h.since, reason: h.reason, life: h.life,
     lastHeartbeatAt: h.lastHeartbeatAt, clockOffsetMs: h.health?.clockOffsetMs ?? null,
-    health: h.health ? { ...h.health } : null, connected: h.connected,
+    health: h.health ? { ...h.health } : null, plugins: h.plugins, connected: h.connected,
   };
+}
+
+/** A heartbeat's plugin table (the transport validated it against the wire schema), or undefined when it carries none. */
+function pluginsOf(record: Record<string, unknown>): PluginSummary[] | undefined {
+  return Array.isArray(record.plugins) ? (record.plugins as PluginSummary[]).slice(0, WIRE_LIMITS.maxPluginsReported) : undefined;
 }
 
 function parseConnected(record: unknown): HostInfo | null {

@@ -390,6 +390,11 @@ describe('dashboard end to end: a live run on three clients in chromium, and its
         const rows = await page.locator('[data-testid=plugin-row]').evaluateAll((els) => els.map((el) => `${el.getAttribute('data-plugin')} ${el.getAttribute('data-state')}`));
         return ['transport-ws', 'scheduler-dag', 'writer-sqlite', 'ui-dashboard'].every((p) => rows.includes(`${p} running`)) ? rows : undefined;
       }, 10_000, 'transport-ws, scheduler-dag, writer-sqlite and ui-dashboard running on the plugins page');
+      // Each client's own plugin table, from its heartbeats.
+      await eventually(async () => {
+        const rows = await page.locator('[data-testid=host-plugins-row]').evaluateAll((els) => els.map((el) => `${el.getAttribute('data-host')} ${el.getAttribute('data-state')} ${el.children[1]?.textContent}`));
+        return ['c0', 'c1', 'c2'].every((c) => rows.some((r) => new RegExp(`^${c} ok (\\d+)/\\1$`).test(r) && Number(r.split(' ')[2]!.split('/')[0]) >= 2)) ? rows : undefined;
+      }, 15_000, 'the plugins of c0, c1 and c2 all running on the plugins page');
       await screenshot(page, 'plugins');
     } finally {
       await page.close();

@@ -22,6 +22,8 @@ export const WIRE_LIMITS = {
   maxSamplesPerBatch: 5000,
   /** Tail of stdout/stderr carried in a task.event, in characters. */
   maxOutputTail: 8192,
+  /** Plugins a client's heartbeat may list. */
+  maxPluginsReported: 64,
 } as const;
 
 /** The role a peer claims in the handshake; it is part of the signed transcript. */
@@ -159,6 +161,17 @@ export interface ErrorMessage extends Envelope<'error'> {
   ref?: string;
 }
 
+/** One plugin of a client's core, as its heartbeats report it. */
+export interface PluginSummary {
+  name: string;
+  version?: string;
+  /** The supervisor's state: loading, running, crashed, failed, stopped... */
+  state: string;
+  restarts: number;
+  /** The plugin's last error, when it had one. */
+  error?: { code: string; message: string };
+}
+
 /** Client to server: the host's health record. */
 export interface HeartbeatMessage extends Envelope<'heartbeat'> {
   /** When the record was taken, on the server's clock. */
@@ -170,6 +183,8 @@ export interface HeartbeatMessage extends Envelope<'heartbeat'> {
   eventLoopLagMs: number;
   /** The client's current estimate of (server clock − client clock). */
   clockOffsetMs: number;
+  /** The client's plugin table: in the first heartbeat of a session, after a change, and now and then. */
+  plugins?: PluginSummary[];
 }
 
 /** Client to server: t0 = client send time (client clock). */
@@ -373,6 +388,30 @@ export const WIRE_SCHEMAS: { readonly [T in MessageType]: object } = {
       diskFreeBytes: bytesCountSchema,
       eventLoopLagMs: { type: 'number', minimum: 0, maximum: 3_600_000 },
       clockOffsetMs: { type: 'number', minimum: -8.64e15, maximum: 8.64e15 },
+      plugins: {
+        type: 'array',
+        maxItems: WIRE_LIMITS.maxPluginsReported,
+        items: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['name', 'state', 'restarts'],
+          properties: {
+            name: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[a-z0-9][a-z0-9._-]*$' },
+            version: { type: 'string', maxLength: 32 },
+            state: { type: 'string', minLength: 1, maxLength: 16, pattern: '^[a-z]+$' },
+            restarts: { type: 'integer', minimum: 0, maximum: 1e9 },
+            error: {
+              type: 'object',
+              additionalProperties: false,
+              required: ['code', 'message'],
+              properties: {
+                code: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z][A-Za-z0-9_]*$' },
+                message: { type: 'string', maxLength: 512 },
+              },
+            },
+          },
+        },
+      },
     },
     ['at', 'load1', 'cpuPercent', 'memAvailableBytes', 'diskFreeBytes', 'eventLoopLagMs', 'clockOffsetMs'],
   ),

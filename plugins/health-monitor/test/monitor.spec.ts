@@ -53,7 +53,7 @@ describe('health-monitor: HealthMonitor', () => {
     expect(monitor.list()).to.deep.equal([{
       id: 'h1', name: 'h1-name', role: 'client', address: '10.0.0.1', labels: { zone: 'a' },
       facts: { cpu: { cores: 4 }, memory: { totalBytes: 8 * GiB } }, state: 'healthy', since: 1_000_000, reason: 'connected', life: 1,
-      lastHeartbeatAt: null, clockOffsetMs: null, health: null, connected: true,
+      lastHeartbeatAt: null, clockOffsetMs: null, health: null, plugins: null, connected: true,
     }]);
   });
 
@@ -66,6 +66,21 @@ describe('health-monitor: HealthMonitor', () => {
     expect(h.lastHeartbeatAt).to.equal(1_000_400);
     expect(h.clockOffsetMs).to.equal(-12.5);
     expect(h.health).to.deep.equal({ at: 5, receivedAt: 5, load1: 0.5, cpuPercent: 10, memAvailableBytes: 4 * GiB, diskFreeBytes: 50 * GiB, eventLoopLagMs: 1, clockOffsetMs: -12.5 });
+  });
+
+  it('keeps the plugin table a heartbeat reports until a later one reports another', () => {
+    const { monitor } = setup();
+    monitor.connected(connect('h1'));
+    const table = [
+      { name: 'collector-system', version: '1.0.0', state: 'failed', restarts: 5, error: { code: 'BOLT_ERR_PLUGIN_CRASHED', message: 'boom' } },
+      { name: 'transport-ws', state: 'running', restarts: 0 },
+    ];
+    monitor.heartbeat(beat('h1', { plugins: table }));
+    expect(monitor.host('h1')!.plugins).to.deep.equal(table);
+    monitor.heartbeat(beat('h1'));
+    expect(monitor.host('h1')!.plugins, 'a heartbeat without a table changes nothing').to.deep.equal(table);
+    monitor.heartbeat(beat('h1', { plugins: [table[1]] }));
+    expect(monitor.list()[0]!.plugins).to.deep.equal([table[1]]);
   });
 
   describe('thresholds (BUSY, the rest default; 4 CPUs and 8 GiB in the facts)', () => {

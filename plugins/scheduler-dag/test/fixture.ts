@@ -72,7 +72,7 @@ export interface Recorded<T> {
 export function host(id: string, name: string, labels: Record<string, string>, state = 'healthy', reason = ''): HostView {
   return {
     id, name, role: 'client', address: `10.0.0.${id.replace(/\D/g, '') || '1'}`, labels, facts: {}, state: state as HostView['state'],
-    since: 0, reason, life: 1, lastHeartbeatAt: null, clockOffsetMs: 0, health: null, connected: true,
+    since: 0, reason, life: 1, lastHeartbeatAt: null, clockOffsetMs: 0, health: null, plugins: null, connected: true,
   };
 }
 

@@ -626,6 +626,7 @@ export class WireClient {
       diskFreeBytes: health.diskFreeBytes,
       eventLoopLagMs: health.eventLoopLagMs,
       clockOffsetMs: this.offsetMs,
+      ...(health.plugins !== undefined && { plugins: health.plugins }),
     };
     this.#counters.heartbeatsSent++;
     this.#sendSealed(attempt, JSON.stringify(heartbeat));

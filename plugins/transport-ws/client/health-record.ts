@@ -12,7 +12,7 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { HeartbeatMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
 
 /** The host's side of a heartbeat: what HealthSampler measures, without the clock offset. */
-export type HostHealth = Pick<HeartbeatMessage, 'load1' | 'cpuPercent' | 'memAvailableBytes' | 'diskFreeBytes' | 'eventLoopLagMs'>;
+export type HostHealth = Pick<HeartbeatMessage, 'load1' | 'cpuPercent' | 'memAvailableBytes' | 'diskFreeBytes' | 'eventLoopLagMs' | 'plugins'>;
 
 /** Everything a heartbeat carries besides the envelope and `at`. */
 export type HealthRecord = HostHealth & Pick<HeartbeatMessage, 'clockOffsetMs'>;

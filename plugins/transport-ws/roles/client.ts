@@ -12,6 +12,7 @@ import { WireClient } from '../client/connection.ts';
 import { HealthSampler } from '../client/health-record.ts';
 import { Outbox } from '../client/outbox.ts';
 import { PinStore } from '../client/pins.ts';
+import { PluginTableReporter } from '../client/plugin-table.ts';
 import { gatherFacts } from '../facts.ts';
 import { localClock, type Identity } from '../protocol/index.ts';
 import { agentUrl, type RunningRole, type TransportSettings } from './settings.ts';
@@ -27,6 +28,7 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
   const host = options.name ?? os.hostname();
   const facts = await gatherFacts();
   const sampler = new HealthSampler({ dataDir: ctx.dataDir, clockOffsetMs: () => agent.offsetMs });
+  const pluginTable = new PluginTableReporter(bus, log);
   // Everything for the sink goes through the outbox: sent while a sink session is up, kept on disk otherwise.
   const outbox = Outbox.open({ dir: path.join(ctx.dataDir, 'outbox'), log });
   let sink: WireClient | null = null;
@@ -79,11 +81,15 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
     pins: PinStore.open(ctx.dataDir),
     ...(options.serverKey !== undefined && { serverKey: options.serverKey }),
     replayGuardDir: ctx.dataDir,
-    health: () => sampler.sample(),
+    health: () => {
+      const plugins = pluginTable.take();
+      return { ...sampler.sample(), ...(plugins && { plugins }) };
+    },
     clock,
     ...(ca && { ca }),
     log,
     onConnected: (_session, welcome) => {
+      pluginTable.sessionStarted();
       log.info({ server, id: identity.fingerprint, heartbeatIntervalMs: welcome.heartbeatIntervalMs }, `connected to the server as ${host}`);
       followSink(welcome.sink);
     },
@@ -125,6 +131,7 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
       await Promise.all([agent.close(), sink?.close()]);
       await outbox.close();
       sampler.close();
+      pluginTable.close();
     },
   };
 }

@@ -1376,11 +1376,37 @@
     var tbody = h('tbody');
     var note = h('span', { class: 'count' });
     var status = h('div');
+    var hostBody = h('tbody');
+    var hostNote = h('span', { class: 'count' });
     main.appendChild(h('section', { class: 'panel' },
-      h('div', { class: 'toolbar' }, h('b', null, 'Plugins of this sink process'), note), status,
+      h('div', { class: 'toolbar' }, h('b', null, 'Plugins of this process'), note), status,
       h('table', { class: 'list' },
         h('thead', null, h('tr', null, ['Plugin', 'Kind', 'Isolation', 'Version', 'State', 'Since', 'Restarts', 'Last error'].map(function (t) { return h('th', null, t); }))),
         tbody)));
+    main.appendChild(h('section', { class: 'panel' },
+      h('div', { class: 'toolbar' }, h('b', null, 'Plugins on the hosts'), hostNote),
+      h('table', { class: 'list' },
+        h('thead', null, h('tr', null, ['Host', 'Running', 'Not running', 'Restarts', 'Last error'].map(function (t) { return h('th', null, t); }))),
+        hostBody)));
+    // Each client reports its plugin table in its heartbeats; hosts with a plugin down come first.
+    function drawHosts(hosts) {
+      clear(hostBody);
+      var reported = hosts.filter(function (x) { return Array.isArray(x.plugins); });
+      var down = function (x) { return x.plugins.filter(function (p) { return p.state !== 'running'; }); };
+      reported.sort(function (a, b) { return down(b).length - down(a).length || a.name.localeCompare(b.name, undefined, { numeric: true }); });
+      hostNote.textContent = reported.length + ' of ' + hosts.length + ' hosts reported';
+      reported.forEach(function (x) {
+        var off = down(x);
+        var restarts = x.plugins.reduce(function (n, p) { return n + (p.restarts || 0); }, 0);
+        var errored = x.plugins.filter(function (p) { return p.error; })[0];
+        hostBody.appendChild(h('tr', { 'data-testid': 'host-plugins-row', dataset: { host: x.name, state: off.length ? 'problem' : 'ok' } },
+          h('td', { class: 'mono' }, x.name),
+          h('td', { class: 'num' }, (x.plugins.length - off.length) + '/' + x.plugins.length),
+          h('td', null, off.length ? off.map(function (p) { return h('span', { class: 'chip', dataset: { plugin: p.name, state: p.state } }, p.name + ': ', pill(PLUGIN_COLOUR[p.state] || 'pending', p.state)); }) : h('span', { class: 'muted' }, '–')),
+          h('td', { class: 'num' }, restarts ? h('b', { style: 'color:var(--s-timedout)' }, String(restarts)) : '0'),
+          h('td', null, errored ? h('span', null, h('span', { class: 'mono', style: 'color:var(--s-failed)', text: errored.name + ' ' + errored.error.code }), ' ', h('span', { class: 'muted', text: errored.error.message })) : h('span', { class: 'muted' }, '–'))));
+      });
+    }
     function draw() {
       clear(tbody);
       Array.from(rows.values()).sort(function (a, b) { return a.name.localeCompare(b.name); }).forEach(function (p) {
@@ -1405,8 +1431,14 @@
         note.textContent = 'roles: ' + (answer.roles || []).join(', ');
         draw();
       }, function (err) { if (!gone) clear(status).appendChild(errorBox(err)); });
+      ui('hosts').then(function (answer) {
+        if (!gone && answer) drawHosts(answer.hosts || []);
+      }, function () {});
     }
     load();
+    var refresh = setInterval(function () {
+      ui('hosts').then(function (answer) { if (!gone && answer) drawHosts(answer.hosts || []); }, function () {});
+    }, 10000);
     return {
       live: function (kind, msg, receivedAt) {
         if (kind !== 'plugins') return;
@@ -1415,7 +1447,7 @@
         countUpdate(msg, receivedAt, performance.now());
       },
       reconnected: load,
-      unmount: function () { gone = true; },
+      unmount: function () { gone = true; clearInterval(refresh); },
     };
   }
 

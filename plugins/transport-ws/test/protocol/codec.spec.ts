@@ -103,6 +103,21 @@ describe('transport-ws protocol: decoder', () => {
       expectRefused(sink.decode(JSON.stringify(message)), 'BOLT_ERR_WIRE_MALFORMED');
     }
     expect(sink.decode(JSON.stringify({ ...batch, samples: Array.from({ length: 5000 }, () => sample) })).ok).to.equal(true);
+
+    const server = decoderFor('client->server').decoder;
+    const plugin = { name: 'collector-system', version: '1.0.0', state: 'failed', restarts: 5, error: { code: 'BOLT_ERR_PLUGIN_CRASHED', message: 'boom' } };
+    expect(server.decode(JSON.stringify({ ...samples.heartbeat, plugins: [plugin, { name: 'transport-ws', state: 'running', restarts: 0 }] })).ok).to.equal(true);
+    for (const plugins of [
+      Array.from({ length: 65 }, (_, i) => ({ ...plugin, name: `p${i}` })),
+      [{ ...plugin, state: 'Running!' }],
+      [{ ...plugin, name: '../x' }],
+      [{ ...plugin, restarts: -1 }],
+      [{ ...plugin, error: { code: 'x y', message: '' } }],
+      [{ ...plugin, error: { ...plugin.error, message: 'm'.repeat(513) } }],
+      [{ ...plugin, extra: true }],
+    ]) {
+      expectRefused(server.decode(JSON.stringify({ ...samples.heartbeat, plugins })), 'BOLT_ERR_WIRE_MALFORMED');
+    }
   });
 
   it('names the offending field without echoing large input', () => {
