@@ -20,8 +20,10 @@ export default defineAction<ShellSettings>({
       // A with: that cannot run fails before the start instant, so no host reports it started.
       const problem = specProblem(spec);
       if (problem !== null) return { kind: 'failed', error: { code: 'BOLT_ERR_ACTION_SPEC', message: problem } };
-      await waitForStart();
-      const r = await runShell(spec, { signal, killGraceMs, outputLimitBytes });
+      // A start instant ahead: the shell is forked now and released at the instant (see startWhen).
+      const startWhen = waitForStart();
+      if (task.startAt === null) await startWhen;
+      const r = await runShell(spec, { signal, killGraceMs, outputLimitBytes, ...(task.startAt !== null && { startWhen }) });
       return {
         kind: r.outcome === 'spawn-error' ? 'failed' : r.outcome,
         exitCode: r.exitCode,

@@ -39,7 +39,21 @@ export interface RunShellOptions {
   outputLimitBytes?: number;
   /** Time between SIGTERM and SIGKILL to the process group (ms). Default 2000. */
   killGraceMs?: number;
+  /**
+   * Starts the command when this resolves, from a process made ready before (`run` scripts only;
+   * an argv starts when it resolves, as without it). Forking a large agent process costs
+   * milliseconds of its thread, which on a busy host lands on the start instant; a gate shell
+   * forked early and released through a pipe starts in tens of microseconds. A rejection (the
+   * task was cancelled before its instant) ends the waiting process: the outcome is `cancelled`.
+   */
+  startWhen?: Promise<unknown>;
 }
+
+/**
+ * The gate: waits for one line on fd 3, closes it, and becomes `/bin/sh -c RUN`, so the command
+ * sees the same stdin, environment, process group and $0 as when it is spawned directly.
+ */
+const GATE_SCRIPT = 'read -r _ <&3; exec 3<&-; exec /bin/sh -c "$1"';
 
 export type ShellOutcome = 'finished' | 'failed' | 'timedout' | 'cancelled' | 'spawn-error';
 
@@ -286,17 +300,27 @@ export async function runShell(spec: ShellSpec, opts: RunShellOptions = {}): Pro
     if (cwdError) return result('spawn-error', { durationMs: 0 }, { code: 'BOLT_ERR_ACTION_SPAWN', message: cwdError });
   }
 
-  const [program, ...args] = spec.run !== undefined ? ['/bin/sh', '-c', spec.run] : (spec.argv as [string, ...string[]]);
+  if (opts.startWhen !== undefined && spec.run === undefined) {
+    try {
+      await opts.startWhen;
+    } catch {
+      return result('cancelled', { durationMs: 0 }, { code: 'BOLT_ERR_ACTION_CANCELLED', message: 'cancelled before the command started' });
+    }
+  }
+  const gated = opts.startWhen !== undefined && spec.run !== undefined;
+  const [program, ...args] = spec.run !== undefined
+    ? (gated ? ['/bin/sh', '-c', GATE_SCRIPT, 'sh', spec.run] : ['/bin/sh', '-c', spec.run])
+    : (spec.argv as [string, ...string[]]);
   const stdout = new TailBuffer(limit);
   const stderr = new TailBuffer(limit);
-  const started = performance.now();
+  let started = performance.now();
   let child: ChildProcess;
   try {
     child = spawn(program, args, {
       cwd: spec.cwd,
       env: spec.env ? { ...process.env, ...spec.env } : process.env,
       detached: true,
-      stdio: [spec.stdin !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      stdio: [spec.stdin !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe', ...(gated ? ['pipe' as const] : [])],
     });
   } catch (err) {
     return result('spawn-error', { durationMs: performance.now() - started }, { code: 'BOLT_ERR_ACTION_SPAWN', message: `could not start ${program}: ${(err as Error).message}` });
@@ -329,11 +353,27 @@ export async function runShell(spec: ShellSpec, opts: RunShellOptions = {}): Pro
   };
   const onAbort = (): void => stop('cancelled');
   signal?.addEventListener('abort', onAbort, { once: true });
-  const timer = timeoutMs !== undefined ? setTimeout(() => stop('timedout'), timeoutMs) : undefined;
-
-  const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, sig) => resolve({ code, signal: sig }));
   });
+
+  if (gated) {
+    const gate = child.stdio[3] as NodeJS.WritableStream & { on(event: 'error', listener: () => void): unknown };
+    gate.on('error', () => {
+      // EPIPE: the gate shell is gone (cancelled, or killed from outside); its exit says what happened.
+    });
+    const next = await Promise.race([opts.startWhen!.then(() => 'start' as const, () => 'cancel' as const), exited.then(() => 'exited' as const)]);
+    if (next === 'start' && !stopReason) {
+      started = performance.now();
+      gate.end('\n');
+    } else if (next === 'cancel') {
+      stop('cancelled');
+    }
+    // 'exited': the gate shell died before the instant (killed from outside); its exit is reported.
+  }
+  const timer = timeoutMs !== undefined ? setTimeout(() => stop('timedout'), timeoutMs) : undefined;
+
+  const exit = await exited;
   const durationMs = performance.now() - started;
   clearTimeout(timer);
   signal?.removeEventListener('abort', onAbort);

@@ -210,6 +210,40 @@ describe('action-shell runShell', function () {
       expect(elapsed).to.be.within(950, 3000);
     });
 
+    it('startWhen: the shell is ready before the instant, runs the script only when released, with the same $0, stdin and group rules', async () => {
+      const marker = uniqueSleep();
+      let release!: () => void;
+      const startWhen = new Promise<void>((resolve) => (release = resolve));
+      const running = runShell({ run: `date +%s%N; echo "$0"; cat; echo ${marker} >/dev/null`, stdin: 'piped in\n' }, { startWhen, killGraceMs: 300 });
+      await pollUntil('the gate shell to be ready', () => processesWith(marker).length === 1, 5000);
+      await new Promise((r) => setTimeout(r, 100));
+      const releasedAtNs = BigInt(Date.now()) * 1_000_000n;
+      release();
+      const r = await running;
+      expect(r.outcome, JSON.stringify(r)).to.equal('finished');
+      const [instant, zero, piped] = r.stdoutTail.trim().split('\n');
+      const afterReleaseMs = Number(BigInt(instant!) - releasedAtNs) / 1e6;
+      expect(afterReleaseMs, 'the script ran after the release, not when the shell was forked').to.be.within(-1, 250);
+      expect(zero).to.equal('/bin/sh');
+      expect(piped).to.equal('piped in');
+      expect(r.durationMs, 'measured from the release').to.be.below(250);
+    });
+
+    it('startWhen rejecting (cancelled before the instant) ends the waiting shell and never runs the script', async () => {
+      const marker = uniqueSleep();
+      const flag = join(dir, 'ran-too-early');
+      let cancel!: (err: Error) => void;
+      const startWhen = new Promise<void>((_resolve, reject) => (cancel = reject));
+      const running = runShell({ run: `touch ${flag}; sleep ${marker}` }, { startWhen, killGraceMs: 300 });
+      await pollUntil('the gate shell to be ready', () => processesWith(marker).length === 1, 5000);
+      cancel(new Error('cancelled'));
+      const r = await running;
+      expect(r.outcome).to.equal('cancelled');
+      expect(r.error?.code).to.equal('BOLT_ERR_ACTION_CANCELLED');
+      expect(existsSync(flag)).to.equal(false);
+      expect(processesWith(marker)).to.deep.equal([]);
+    });
+
     it('an already aborted signal starts nothing', async () => {
       const ac = new AbortController();
       ac.abort();
