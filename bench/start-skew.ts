@@ -30,8 +30,11 @@
  * dispatch round trip), reported apart.
  *
  * The simulated hosts share this machine's 2 cores (500 per process by default; 2 processes, so
- * that the simulators waking at the instant do not queue for the cores behind one another): the
- * spread includes the simulator's own scheduling (its hosts wake and record one after another). Prints one JSON line per phase and a summary line; progress on stderr; exits non-zero
+ * that the simulators waking at the instant do not queue for the cores behind one another). The
+ * hosts of one simulator due at the same instant share one wait and then start in one spin, each
+ * when its own clock estimate reaches startAt (see waitWithGroup), as hosts with their own CPUs
+ * would; what the spread shows is then the hosts' clock estimates, the dispatch reaching them in
+ * time, and the simulators' scheduling, not 500 timer callbacks queued in one thread. Prints one JSON line per phase and a summary line; progress on stderr; exits non-zero
  * when a run fails. Every process and directory it made is removed at the end, also on failure.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -57,6 +60,15 @@ const REAL_CLIENT_PLUGINS = ['transport-ws', 'action-mark'] as const;
 const AIM_MS = 5;
 const RUN_TIMEOUT_MS = 180_000;
 const CONNECT_TIMEOUT_MS = 180_000;
+/** A simulator's hosts of one command wake together this long before its instant, then each starts at its own (ms). */
+const GROUP_EARLY_MS = 3;
+/** A host whose own instant is further than this past its group's wake-up waits alone (ms). */
+const GROUP_SPIN_MAX_MS = 8;
+/** Where a simulated host's wait ended: on its estimate of the server's clock, and on the machine's clock. */
+interface Reached {
+  actualServerMs: number;
+  actualMs: number;
+}
 /** A simulator holds its hosts' reports at most this long for hosts of the same command still waiting. */
 const HOLD_REPORTS_MAX_MS = 2000;
 const USAGE = 'usage: node --import tsx bench/start-skew.ts [--clients 1000] [--processes 2] [--runs 3] [--real 8] [--offset-ms 1000] [--settle-s 35]';
@@ -150,13 +162,50 @@ async function runSimulator(args: { url: string; count: number; prefix: string; 
     for (const resolve of b.held.splice(0)) resolve();
   };
 
+  /**
+   * The hosts of this process due at one command's instant wait together: one precise wait until
+   * GROUP_EARLY_MS before the instant (on the first host's estimate of the server's clock), then
+   * each host starts when its own estimate reaches startAt, in that order, in one short spin. On
+   * real hosts each waits on its own CPU; 500 separate waits in one thread would instead start
+   * one after another behind each other's timer callbacks and promise continuations, measuring
+   * the simulator. A host whose dispatch arrives after its group woke, or whose estimate puts its
+   * instant more than GROUP_SPIN_MAX_MS past the group's, waits alone with waitUntil.
+   */
+  const groups = new Map<string, { woke: boolean; hosts: Array<{ serverNow: () => number; done: (reached: Reached) => void }> }>();
+  const waitWithGroup = (commandId: string, startAt: number, serverNow: () => number): Promise<Reached> => {
+    let group = groups.get(commandId);
+    if (group?.woke) return waitUntil(startAt, serverNow).then((r) => ({ actualServerMs: r.actualServerMs, actualMs: performance.timeOrigin + performance.now() }));
+    if (group === undefined) {
+      const created = { woke: false, hosts: [] as Array<{ serverNow: () => number; done: (reached: Reached) => void }> };
+      groups.set(commandId, (group = created));
+      void waitUntil(startAt - GROUP_EARLY_MS, serverNow).then(() => {
+        created.woke = true;
+        const now = performance.now();
+        const due = created.hosts.map((h) => ({ h, at: now + (startAt - h.serverNow()) })).sort((a, b) => a.at - b.at);
+        for (const { h, at } of due) {
+          if (at - now > GROUP_SPIN_MAX_MS) {
+            void waitUntil(startAt, h.serverNow).then((r) => h.done({ actualServerMs: r.actualServerMs, actualMs: performance.timeOrigin + performance.now() }));
+            continue;
+          }
+          while (performance.now() < at);
+          h.done({ actualServerMs: h.serverNow(), actualMs: performance.timeOrigin + performance.now() });
+        }
+        setTimeout(() => groups.delete(commandId), 60_000);
+      });
+    }
+    const joined = group;
+    return new Promise<Reached>((done) => joined.hosts.push({ serverNow, done }));
+  };
+
   /** The mark behaviour: the precise wait, the record, then (once every host here has recorded) the two events. */
   const mark = async (index: number, command: TaskDispatchMessage): Promise<void> => {
     const handedOverAt = performance.timeOrigin + performance.now();
     const client = fleet!.client(index);
     const serverNow = () => client.serverNow();
-    const reached = command.startAt === null ? { actualServerMs: serverNow() } : await waitUntil(command.startAt, serverNow);
-    const actualMs = performance.timeOrigin + performance.now();
+    const reached: Reached = command.startAt === null
+      ? { actualServerMs: serverNow(), actualMs: performance.timeOrigin + performance.now() }
+      : await waitWithGroup(command.id, command.startAt, serverNow);
+    const actualMs = reached.actualMs;
     const name = `${args.prefix}-${index}`;
     const list = records.get(command.runId) ?? [];
     records.set(command.runId, list);
