@@ -24,7 +24,9 @@
  * the ladder: the sink's limit on this machine is between it and the level before.
  *
  * Figures per level: samples/s sent and stored (writer-sqlite's `sink.store.stats` over the
- * window), how current the aggregates are (about every 2 s: how long after a one-second bucket of
+ * window; a writer that falls behind announces congestion and the sink's transport, when it
+ * listens, stops reading meanwhile, so the rest waits in the connections and is stored during the
+ * drain: `writerCongestions` counts the episodes), how current the aggregates are (about every 2 s: how long after a one-second bucket of
  * `cpu.busy` ended it held a sample from every host, polled with `sink.metrics agg=count`), the sink
  * process's CPU (all threads, from /proc) and its busiest threads, its peak RSS, the writer's peak
  * queue, and this process's own CPU (it simulates the fleet on the same 2 cores). At the end, the
@@ -99,6 +101,8 @@ interface StoreStats {
   flushes: number;
   writeMs: number;
   maxWriteMs: number;
+  /** Times the writer's queue became congested (absent in writers before it announced congestion). */
+  congestions?: number;
 }
 
 /** The metric names and tags of one batch with `n` samples: the base 20, then copies with a suffix. */
@@ -330,6 +334,7 @@ async function measure(plan: Plan): Promise<void> {
           transactionsPerSec: round((s1.flushes - s0.flushes) / seconds),
           refusedSends: sender.refused - refused0,
           droppedByStoreSamples: s1.droppedSamples - s0.droppedSamples,
+          writerCongestions: (s1.congestions ?? 0) - (s0.congestions ?? 0),
           writerQueuePeakMessages: pendingMax,
           drainMs: drained,
           bucketCompleteAfterMs: { median: known.length > 0 ? median(known) : null, max: known.length > 0 ? Math.max(...known) : null, probes: lags.length, notWithin10s: lags.length - known.length },

@@ -138,6 +138,23 @@ export function defineAction<Config = Record<string, unknown>>(plugin: Plugin<Co
   return plugin;
 }
 
+/**
+ * The samples of a `sink.metrics.batch` bus message. The sink's transport publishes a batch as
+ * `{ hostId, id, host, runId?, sampleCount, json }`, the wire message's JSON text (one string to
+ * copy between threads instead of thousands of small objects); other publishers may give
+ * `samples` as objects. Returns undefined for anything else (malformed text included).
+ */
+export function metricsBatchSamples(batch: { samples?: unknown; json?: unknown }): unknown[] | undefined {
+  if (Array.isArray(batch.samples)) return batch.samples;
+  if (typeof batch.json !== 'string') return undefined;
+  try {
+    const parsed = JSON.parse(batch.json) as { samples?: unknown } | null;
+    return Array.isArray(parsed?.samples) ? parsed.samples : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** A collector samples host metrics while tasks run (kind `collector`). */
 export function defineCollector<Config = Record<string, unknown>>(plugin: Plugin<Config>): Plugin<Config> {
   return plugin;

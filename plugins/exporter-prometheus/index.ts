@@ -8,7 +8,7 @@
  * it asks `health.summary`, `sink.store.stats` and (once) the run lists, where they are provided.
  */
 import { Gauge, Counter, Registry } from 'prom-client';
-import { definePlugin } from 'bolt-plugin-sdk';
+import { definePlugin, metricsBatchSamples } from 'bolt-plugin-sdk';
 import { FleetView, type FleetSettings, type IncomingSample } from './fleet.ts';
 import { OwnMetrics, type OwnSettings } from './own.ts';
 
@@ -40,9 +40,10 @@ export default definePlugin<Config>({
     });
 
     bus.subscribe('sink.metrics.batch', (data) => {
-      const batch = data as { host?: unknown; samples?: unknown } | null;
-      if (typeof batch?.host !== 'string' || !Array.isArray(batch.samples)) return;
-      const samples = batch.samples as IncomingSample[];
+      const batch = data as { host?: unknown; samples?: unknown; json?: unknown } | null;
+      if (typeof batch?.host !== 'string') return;
+      const samples = metricsBatchSamples(batch) as IncomingSample[] | undefined;
+      if (samples === undefined) return;
       own.onBatch(batch.host, samples);
       fleet.add(batch.host, samples, performance.now());
     });

@@ -14,6 +14,7 @@
  *   they end, the least recently active first when over), `maxHosts` hosts with `historyPerHost`
  *   transitions each, `maxRunRows` runs-list rows, `maxMetricNames` names per run.
  */
+import { metricsBatchSamples } from 'bolt-plugin-sdk';
 import { cellStateOfEvent, splitWireTask, taskStateOf, type CellState, type TaskProgressLike, type UiRunRow, type UiTaskState } from './view.ts';
 
 export interface LiveSettings {
@@ -410,11 +411,13 @@ export class LiveHub {
   }
 
   onMetricsBatch(data: unknown): void {
-    if (!isObject(data) || !isName(data.runId) || !Array.isArray(data.samples)) return;
+    if (!isObject(data) || !isName(data.runId)) return;
+    const samples = metricsBatchSamples(data);
+    if (samples === undefined) return;
     let newest = -Infinity;
     let live: LiveRun | undefined;
     let p: PendingRun | undefined;
-    for (const s of data.samples) {
+    for (const s of samples) {
       if (!isObject(s) || typeof s.t !== 'number' || !Number.isFinite(s.t)) continue;
       if (s.t > newest) newest = s.t;
       if (typeof s.metric !== 'string') continue;

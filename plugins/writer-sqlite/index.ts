@@ -2,11 +2,13 @@
  * writer-sqlite: the sink's storage plugin. Owns `<dataDir>/sink.sqlite` (a SinkStore), stores
  * what reaches the sink's bus and answers the sink's queries (see README.md, "Plugin").
  *
- * Subscribes `sink.task.event` and `sink.metrics.batch` (group commit, idempotent by message id),
+ * Subscribes `sink.task.event` and `sink.metrics.batch` (group commit, idempotent by message id;
+ * a batch comes with its `samples`, or as the message's JSON text in `json` with `sampleCount`),
  * `run.updated` and `run.task.dispatched`. Provides `sink.store.commitTaskStatus` (durable),
  * `sink.store.markPublished`, `sink.store.pending`, `sink.runs`, `sink.run`, `sink.metrics` and
  * `sink.store.stats`. Every service but the last first stores the queued messages, so a query sees
- * everything received before it.
+ * everything received before it. Publishes `sink.store.congestion` while more is queued than it
+ * stores quickly (see README.md, "Backpressure").
  */
 import path from 'node:path';
 import { BoltError, defineWriter, type PluginContext } from 'bolt-plugin-sdk';
@@ -34,7 +36,16 @@ interface Running {
   store: SinkStore;
   queue: IngestQueue;
   statsTimer: NodeJS.Timeout;
+  congestionTimer: NodeJS.Timeout;
 }
+
+/**
+ * How long a `sink.store.congestion` announcement asks the transport to stop reading, at most; it
+ * is renewed every CONGESTION_RENEW_MS while the queue stays congested, so a writer that ends while
+ * congested leaves the transport deaf for this long at most.
+ */
+const CONGESTION_HOLD_MS = 3000;
+const CONGESTION_RENEW_MS = 1000;
 
 let running: Running | null = null;
 
@@ -53,8 +64,10 @@ function optionalNumber(value: unknown): number | undefined {
 /** The run record of a `run.updated` message; the scheduler's run may name fields a little differently. */
 function runRecord(store: SinkStore, run: Record<string, unknown>): RunRecord {
   const id = (run.id ?? run.runId) as string;
-  const job = run.job;
-  const jobName = run.jobName ?? run.name ?? (isObject(job) ? job.name : undefined);
+  // The scheduler's run.updated names the job in `job` and carries the parsed job as `spec`;
+  // other writers of runs may send the job itself in `job`.
+  const job = isObject(run.spec) ? run.spec : isObject(run.job) ? run.job : undefined;
+  const jobName = run.jobName ?? run.name ?? (typeof run.job === 'string' ? run.job : job?.name);
   return {
     id,
     jobName: typeof jobName === 'string' && jobName !== '' ? jobName : null,
@@ -62,7 +75,7 @@ function runRecord(store: SinkStore, run: Record<string, unknown>): RunRecord {
     state: run.state as string,
     createdAt: optionalNumber(run.createdAt) ?? store.getRun(id)?.createdAt ?? Date.now(),
     startedAt: optionalNumber(run.startedAt) ?? null,
-    finishedAt: optionalNumber(run.finishedAt) ?? null,
+    finishedAt: optionalNumber(run.finishedAt) ?? optionalNumber(run.endedAt) ?? null,
   };
 }
 
@@ -105,11 +118,13 @@ function subscribe(ctx: PluginContext<Config>, store: SinkStore, queue: IngestQu
     queue.addEvent(data as unknown as TaskEventRecord);
   });
   bus.subscribe('sink.metrics.batch', (data) => {
-    if (!isObject(data) || typeof data.id !== 'string' || !Array.isArray(data.samples)) {
+    const text = isObject(data) && typeof data.json === 'string' && Number.isSafeInteger(data.sampleCount) && (data.sampleCount as number) >= 0;
+    if (!isObject(data) || typeof data.id !== 'string' || (!Array.isArray(data.samples) && !text)) {
       return void log.warn({ id: isObject(data) ? data.id : undefined }, 'sink.metrics.batch without an id or samples dropped');
     }
-    const runId = typeof data.runId === 'string' ? data.runId : undefined;
-    queue.addBatch({ batchId: data.id, host: data.host as string, ...(runId !== undefined && { runId }), samples: data.samples as SampleInput[] });
+    const batch = { batchId: data.id, host: data.host as string, ...(typeof data.runId === 'string' && { runId: data.runId }) };
+    if (Array.isArray(data.samples)) queue.addBatch({ ...batch, samples: data.samples as SampleInput[] });
+    else queue.addBatchText({ ...batch, json: data.json as string, sampleCount: data.sampleCount as number });
   });
   // Runs and dispatches are rare: stored at once, each in its own transaction.
   bus.subscribe('run.updated', (data) => {
@@ -172,7 +187,18 @@ export default defineWriter<Config>({
     const { config, log } = ctx;
     const file = path.join(ctx.dataDir, DEFAULT_STORE_FILENAME);
     const store = new SinkStore(file, { busyTimeoutMs: config.busyTimeoutMs, cacheSizeMb: config.cacheSizeMb, bucketMs: config.bucketMs });
-    const queue = new IngestQueue(store, config, log);
+    const announce = (congested: boolean) => {
+      const pendingSamples = queue.pendingSamples;
+      ctx.bus.publish('sink.store.congestion', congested ? { congested, holdMs: CONGESTION_HOLD_MS, pendingSamples } : { congested, pendingSamples });
+    };
+    const queue: IngestQueue = new IngestQueue(store, config, log, (congested) => {
+      log.debug({ pendingSamples: queue.pendingSamples }, congested ? 'sink store congested: asking the transport to stop reading' : 'sink store caught up');
+      announce(congested);
+    });
+    const congestionTimer = setInterval(() => {
+      if (queue.congested) announce(true);
+    }, CONGESTION_RENEW_MS);
+    congestionTimer.unref();
     subscribe(ctx, store, queue);
     provide(ctx, store, queue);
     let reported = { ...queue.stats };
@@ -183,14 +209,15 @@ export default defineWriter<Config>({
       reported = { ...now };
     }, 60_000);
     statsTimer.unref();
-    running = { store, queue, statsTimer };
+    running = { store, queue, statsTimer, congestionTimer };
     log.info({ file, schemaVersion: store.schemaVersion, flushIntervalMs: config.flushIntervalMs, bucketMs: config.bucketMs }, 'sink store open');
   },
   stop(ctx) {
     if (running === null) return;
-    const { store, queue, statsTimer } = running;
+    const { store, queue, statsTimer, congestionTimer } = running;
     running = null;
     clearInterval(statsTimer);
+    clearInterval(congestionTimer);
     queue.close();
     if (queue.pending > 0) ctx.log.error({ pending: queue.pending }, 'sink store closed with messages not stored');
     ctx.log.info({ ...queue.stats }, 'sink store closed');

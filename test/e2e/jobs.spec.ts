@@ -251,6 +251,12 @@ class Fleet {
     return connectServer(`http://127.0.0.1:${this.port}`, token);
   }
 
+  /** The sink's API (runs and results as the sink stored them). */
+  async sinkApi(): Promise<ServerApi> {
+    const token = (await readFile(path.join(this.sinkData, 'plugins', 'transport-ws', 'api-token'), 'utf8')).trim();
+    return connectServer(`http://127.0.0.1:${this.sinkPort}`, token);
+  }
+
   /** Waits until c0..c2 (or `names`) are connected and healthy. */
   async waitHealthy(timeoutMs = 30_000, names = NAMES): Promise<void> {
     await eventually(async () => {
@@ -347,6 +353,14 @@ describe('jobs end to end: one server with its sink, three client processes, bol
     const shown = await fleet.show(run.runId);
     expect(shown.state).to.equal('succeeded');
     expect(results(task(shown, 'third')).map((h) => h.stdoutTail)).to.deep.equal(NAMES.map((n) => `third on ${n}\n`));
+    // The sink keeps the run as the server ran it: job name, the parsed job, and its end.
+    const sink = await fleet.sinkApi();
+    const stored = await eventually(async () => (await sink.get<{ id: string; jobName: string | null; state: string; finishedAt: number | null }[]>('/api/runs?job=e2e-dag'))
+      .find((r) => r.id === run.runId && r.state === 'succeeded'), 10_000, 'the run on the sink');
+    expect(stored.jobName).to.equal(run.job);
+    expect(stored.finishedAt).to.equal(run.endedAt);
+    const storedRun = await sink.get<{ run: { job: { tasks: { id: string }[] } } }>(`/api/runs/${run.runId}`);
+    expect(storedRun.run.job.tasks.map((t) => t.id)).to.deep.equal(['first', 'second', 'third']);
   });
 
   it('fails a task whose command fails and cancels its dependents without dispatching them, exit 1', async () => {

@@ -150,24 +150,30 @@ function utf8Length(text: string, limit: number): number {
 }
 
 /**
- * Walks the parsed value without recursion. Refuses nesting deeper than MAX_MESSAGE_DEPTH (later
- * code such as canonical JSON recurses) and any `__proto__` key: JSON.parse makes it an own
- * property, but code that copies the object with assignment would turn it into a prototype.
+ * Walks the parsed value. Refuses nesting deeper than MAX_MESSAGE_DEPTH (later code such as
+ * canonical JSON recurses) and any `__proto__` key: JSON.parse makes it an own property, but code
+ * that copies the object with assignment would turn it into a prototype. Recursive, but never
+ * deeper than MAX_MESSAGE_DEPTH + 1 calls whatever the input: a deeper object is refused before
+ * its members are visited. (Every inbound message passes here; recursion with a depth argument
+ * allocates nothing per node, unlike an explicit stack of [node, depth] pairs.)
  */
-function checkStructure(root: object): string | null {
-  const stack: Array<[unknown, number]> = [[root, 1]];
-  while (stack.length > 0) {
-    const [node, depth] = stack.pop()!;
-    if (typeof node !== 'object' || node === null) continue;
-    if (depth > MAX_MESSAGE_DEPTH) return `Message is nested deeper than ${MAX_MESSAGE_DEPTH} levels.`;
-    if (Array.isArray(node)) {
-      for (const item of node) stack.push([item, depth + 1]);
-    } else {
-      for (const key of Object.keys(node)) {
-        if (key === '__proto__') return 'Message contains a "__proto__" key.';
-        stack.push([(node as Record<string, unknown>)[key], depth + 1]);
-      }
+function checkStructure(node: object, depth = 1): string | null {
+  if (depth > MAX_MESSAGE_DEPTH) return `Message is nested deeper than ${MAX_MESSAGE_DEPTH} levels.`;
+  if (Array.isArray(node)) {
+    for (let i = 0; i < node.length; i++) {
+      const item: unknown = node[i];
+      if (typeof item !== 'object' || item === null) continue;
+      const found = checkStructure(item, depth + 1);
+      if (found !== null) return found;
     }
+    return null;
+  }
+  for (const key of Object.keys(node)) {
+    if (key === '__proto__') return 'Message contains a "__proto__" key.';
+    const value = (node as Record<string, unknown>)[key];
+    if (typeof value !== 'object' || value === null) continue;
+    const found = checkStructure(value, depth + 1);
+    if (found !== null) return found;
   }
   return null;
 }

@@ -114,9 +114,11 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
       const { v: _v, type: _t, ...event } = message as TaskEventMessage;
       bus.publish('sink.task.event', { hostId: conn.fingerprint, ...event });
     }],
-    ['metrics.batch', (message, conn) => {
-      const { v: _v, type: _t, ...batch } = message as MetricsBatchMessage;
-      bus.publish('sink.metrics.batch', { hostId: conn.fingerprint, ...batch });
+    ['metrics.batch', (message, conn, text) => {
+      const { id, host, runId, samples } = message as MetricsBatchMessage;
+      // The samples travel as the message's JSON text: one string to copy to each subscriber's
+      // thread instead of thousands of small objects.
+      bus.publish('sink.metrics.batch', { hostId: conn.fingerprint, id, host, ...(runId !== undefined && { runId }), sampleCount: samples.length, json: text });
     }],
   ]);
   const endpoint = new WireEndpoint({
@@ -137,6 +139,13 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
   });
 
   const stopDropping = trust.onRejected((entry) => endpoint.disconnect(entry.fingerprint, entry.role));
+  // Backpressure: while the writer says it is behind, /ingest stops reading, so clients keep
+  // their samples in their own buffers and outboxes instead of the writer dropping them.
+  const stopCongestion = bus.subscribe('sink.store.congestion', (data) => {
+    const d = data as { congested?: unknown; holdMs?: unknown } | null;
+    if (d?.congested === true) endpoint.pauseReading(typeof d.holdMs === 'number' ? d.holdMs : 3000);
+    else endpoint.resumeReading();
+  });
   let upstream: WireClient | null = null;
   let sampler: HealthSampler | null = null;
   let disposeStatus: (() => void) | null = null;
@@ -188,6 +197,7 @@ export async function startSinkRole(ctx: PluginContext<TransportSettings>, ident
     secure: listener.secure,
     async close() {
       stopDropping();
+      stopCongestion();
       disposeStatus?.();
       await upstream?.close();
       sampler?.close();

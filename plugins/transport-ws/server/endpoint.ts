@@ -9,7 +9,8 @@
  * peer's direction before its handler runs. Garbage is answered with a sealed `error` carrying
  * the decode code; a peer that keeps sending it is disconnected. Every send first checks the
  * connection's send buffer and drops a peer that has stopped reading, so no peer can make the
- * server hold more than `maxBufferedBytes` (plus one message) for it.
+ * server hold more than `maxBufferedBytes` (plus one message) for it. A receiver that cannot keep
+ * up can stop reading from every peer for a while (`pauseReading`): TCP then slows the peers down.
  *
  * The endpoint knows nothing of the bus: handlers, onOpen and onClose are the caller's.
  */
@@ -75,8 +76,12 @@ export interface PeerConnection {
   close(code?: number, reason?: string): void;
 }
 
-/** Handles one decoded message of an accepted type from a connected peer. */
-export type ConnectionHandler = (message: WireMessage, conn: PeerConnection) => void;
+/**
+ * Handles one decoded message of an accepted type from a connected peer. `text` is the message as
+ * the peer sent it (the JSON text that parsed to `message` and passed its checks): a handler that
+ * forwards the message to another thread can pass it on as one string instead of an object tree.
+ */
+export type ConnectionHandler = (message: WireMessage, conn: PeerConnection, text: string) => void;
 
 /** Why a connection ended, as given to onClose. */
 export interface CloseInfo {
@@ -125,6 +130,10 @@ export interface EndpointStats {
   handlerErrors: number;
   /** Open sessions now. */
   connections: number;
+  /** True while reading is paused (pauseReading). */
+  readingPaused: boolean;
+  /** Times reading was paused. */
+  readPauses: number;
   /** Admitted handshakes not finished yet. */
   handshakesInFlight: number;
 }
@@ -187,7 +196,7 @@ export class WireEndpoint {
   readonly #routes = new Map<TrustRole, { decoder: Decoder; handlers: ReadonlyMap<string, ConnectionHandler> }>();
   readonly #handshaking = new Set<Duplex>();
   readonly #byIdentity = new Map<string, Connection>();
-  readonly #stats: Omit<EndpointStats, 'connections' | 'handshakesInFlight' | 'refused'> = {
+  readonly #stats: Omit<EndpointStats, 'connections' | 'handshakesInFlight' | 'refused' | 'readingPaused'> = {
     accepted: 0,
     garbage: 0,
     garbageDisconnects: 0,
@@ -197,6 +206,7 @@ export class WireEndpoint {
     rateLimited: 0,
     replaced: 0,
     handlerErrors: 0,
+    readPauses: 0,
   };
   readonly #refused: Record<RefusalReason, number> = {
     headers: 0,
@@ -210,6 +220,8 @@ export class WireEndpoint {
   };
   readonly #now: () => number;
   #closing = false;
+  /** Ends a pause when it is not renewed in time; null while reading. */
+  #pauseHold: NodeJS.Timeout | null = null;
 
   /** Starts serving `options.path` on `options.server` (listening or not). Throws TypeError for an impossible role/handler combination or a path served twice. */
   constructor(options: WireEndpointOptions) {
@@ -272,7 +284,33 @@ export class WireEndpoint {
 
   /** Counters since start, and the current connections and handshakes. */
   stats(): EndpointStats {
-    return { ...this.#stats, refused: { ...this.#refused }, connections: this.#byIdentity.size, handshakesInFlight: this.#admission.inFlight };
+    return { ...this.#stats, refused: { ...this.#refused }, connections: this.#byIdentity.size, handshakesInFlight: this.#admission.inFlight, readingPaused: this.#pauseHold !== null };
+  }
+
+  /**
+   * Stops reading what peers send, on every open connection and on those that open during the
+   * pause: their frames wait in the sockets' kernel buffers and then in the peers' own (a Bolt
+   * client keeps its messages in its outbox meanwhile), so a consumer that cannot keep up slows
+   * the senders down instead of queueing without bound or dropping. Sending and handshakes go on.
+   * The pause ends after `holdMs` unless renewed by another call, or at resumeReading: a consumer
+   * that ends without resuming cannot leave the endpoint deaf.
+   */
+  pauseReading(holdMs: number): void {
+    if (this.#closing) return;
+    if (this.#pauseHold === null) {
+      this.#stats.readPauses++;
+      for (const conn of this.#byIdentity.values()) conn.pause();
+    } else clearTimeout(this.#pauseHold);
+    this.#pauseHold = setTimeout(() => this.resumeReading(), Math.max(1, holdMs));
+    this.#pauseHold.unref();
+  }
+
+  /** Reads from every connection again (nothing happens when reading is not paused). */
+  resumeReading(): void {
+    if (this.#pauseHold === null) return;
+    clearTimeout(this.#pauseHold);
+    this.#pauseHold = null;
+    for (const conn of this.#byIdentity.values()) conn.resume();
   }
 
   /**
@@ -282,6 +320,7 @@ export class WireEndpoint {
    */
   async close(graceMs = 2000): Promise<void> {
     if (this.#closing) return;
+    this.resumeReading();
     this.#closing = true;
     for (const socket of this.#handshaking) socket.destroy();
     const conns = [...this.#byIdentity.values()];
@@ -439,6 +478,7 @@ export class WireEndpoint {
       old.end(WIRE_CLOSE.replaced, 'replaced');
     }
     this.#byIdentity.set(key, conn);
+    if (this.#pauseHold !== null) conn.pause();
     this.#callback(() => this.#opts.onOpen?.(conn), conn);
   }
 
@@ -561,10 +601,21 @@ class Connection implements PeerConnection {
     this.end(code, reason);
   }
 
+  /** Stops reading from the socket (see WireEndpoint.pauseReading). */
+  pause(): void {
+    if (this.#open) this.#p.ws.pause();
+  }
+
+  resume(): void {
+    this.#p.ws.resume();
+  }
+
   /** Closes with a close frame, terminating the socket if the peer has not closed within graceMs. */
   end(code: number, reason: string, graceMs = 2000): void {
     if (!this.#open) return;
     this.#finish(code, reason);
+    // A paused socket would not read the peer's answer to the close frame.
+    this.#p.ws.resume();
     closeGently(this.#p.ws, code, reason, graceMs);
   }
 
@@ -592,7 +643,7 @@ class Connection implements PeerConnection {
     }
     try {
       // The decoder routes only types that are in this map.
-      p.handlers.get(decoded.message.type)!(decoded.message, this);
+      p.handlers.get(decoded.message.type)!(decoded.message, this, body);
     } catch (err) {
       p.error(err, this);
     }

@@ -6,7 +6,7 @@ import { createTestHost, type TestHost } from '../../../plugin-sdk/src/testing.t
 import { startSinkCore, eventually } from '../../aggregator-results/test/sink-core.ts';
 import type { CommitTaskStatusRequest, CommitTaskStatusResponse, FleetSeriesView, PendingResponse, RawSeriesView, RunsView, RunView, StatSeriesView } from '../services.ts';
 import type { RunMetricsSummary } from '../store.ts';
-import { MAX_SAMPLES_PER_WRITE, type IngestStats } from '../ingest.ts';
+import { congestionBounds, MAX_SAMPLES_PER_WRITE, type IngestStats } from '../ingest.ts';
 
 const PLUGIN_DIR = fileURLToPath(new URL('..', import.meta.url));
 type Stats = IngestStats & { pending: number; file: string };
@@ -123,6 +123,26 @@ describe('writer-sqlite plugin', function () {
     expect(summary.rows.map((r) => [r.host, r.count, r.mean])).to.deep.equal([[null, 20, 10.5], ['h3', 1, 3]]);
   });
 
+  it('stores batches that arrive as the JSON text of their message, and drops one whose text holds no samples', async () => {
+    const { bus } = host!;
+    const text = (id: string, hostName: string, value: number) => {
+      const samples = [{ t: 20_100, metric: 'cpu.busy', value, tags: { task: 'load' } }, { t: 20_200, metric: 'cpu.busy', value: value + 1, tags: { task: 'load', core: '0' } }];
+      return { hostId: `key-${hostName}`, id, host: hostName, runId: 'run-3', sampleCount: samples.length, json: JSON.stringify({ v: 1, type: 'metrics.batch', id, host: hostName, runId: 'run-3', samples }) };
+    };
+    bus.publish('sink.metrics.batch', text('t1', 'h1', 1));
+    bus.publish('sink.metrics.batch', { hostId: 'key-h9', id: 'bad', host: 'h9', runId: 'run-3', sampleCount: 1, json: '{"samples": "none"' });
+    bus.publish('sink.metrics.batch', text('t2', 'h2', 3));
+    bus.publish('sink.metrics.batch', text('t1', 'h1', 1));
+    const stats = await eventually(async () => {
+      const s = await bus.request<Stats>('sink.store.stats');
+      return s.batches === 3 && s.rejected === 1 ? s : undefined;
+    }, 'every batch handled');
+    expect(stats).to.include({ samples: 4, duplicates: 1, dropped: 0, pending: 0 });
+    const cpu = await bus.request<FleetSeriesView[]>('sink.metrics', { runId: 'run-3', metric: 'cpu.busy', task: 'load' });
+    expect(cpu.map((s) => [s.tags, s.count, s.sum])).to.deep.equal([[{ core: '0' }, [2], [6]], [{}, [2], [4]]]);
+    expect(host!.logs.some((l) => l.msg.includes('without a samples array') && l.id === 'bad')).to.equal(true);
+  });
+
   it('stores a burst larger than one transaction takes in several, all of it', async () => {
     await host!.close();
     host = await createTestHost(PLUGIN_DIR, { config: { flushIntervalMs: 10_000 } });
@@ -158,6 +178,28 @@ describe('writer-sqlite plugin', function () {
     expect([...new Set(stored[0]!.values)]).to.deep.equal([5, 6, 7, 8, 9]);
     // Logged once for the burst (at most every 10 s), with the first drop's count.
     expect(host.logs.filter((l) => l.level === 50 && l.msg.includes('queue full')).map((l) => l.droppedSamplesTotal)).to.deep.equal([1000]);
+  });
+
+  it('announces congestion once a few transactions\' worth of samples wait, and relief once they are stored', async () => {
+    await host!.close();
+    host = await createTestHost(PLUGIN_DIR, { config: { flushIntervalMs: 10_000, maxPendingSamples: 8000 } });
+    const { bus } = host;
+    const { congestedAt, relievedAt } = congestionBounds(8000);
+    expect([congestedAt, relievedAt]).to.deep.equal([4000, 1000]);
+    const heard: Array<{ congested: boolean; holdMs?: number; pendingSamples: number }> = [];
+    bus.subscribe('sink.store.congestion', (data) => void heard.push(data as (typeof heard)[number]));
+    for (let b = 0; b < 5; b++) {
+      bus.publish('sink.metrics.batch', { hostId: 'key-h', id: `c${b}`, host: 'h', runId: 'run-c', samples: Array.from({ length: 1000 }, (_, i) => ({ t: b * 1000 + i, metric: 'm', value: b })) });
+    }
+    await eventually(async () => (heard.length > 0 ? true : undefined), 'a congestion announcement');
+    expect(heard[0]).to.include({ congested: true, pendingSamples: 4000 });
+    expect(heard[0]!.holdMs).to.be.above(0);
+    // A query stores what is queued first.
+    const count = await bus.request<StatSeriesView[]>('sink.metrics', { runId: 'run-c', metric: 'm', agg: 'count' });
+    expect(count[0]!.values.reduce((a, b) => a + b, 0)).to.equal(5000);
+    await eventually(async () => (heard.at(-1)?.congested === false ? true : undefined), 'relief');
+    expect(heard.at(-1)!.pendingSamples).to.be.at.most(relievedAt);
+    expect(await bus.request<Stats>('sink.store.stats')).to.include({ congestions: 1, dropped: 0, pending: 0 });
   });
 
   it('stores a burst of events in a few transactions, each message id once', async () => {

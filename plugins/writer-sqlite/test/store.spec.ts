@@ -1,13 +1,13 @@
 import { expect } from 'chai';
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BoltError } from '../../../plugin-sdk/src/errors.ts';
 import type { ErrorCode } from '../../../plugin-sdk/src/errors.ts';
-import { SCHEMA_VERSION, SinkStore } from '../store.ts';
+import { MIGRATIONS, SCHEMA_VERSION, SinkStore } from '../store.ts';
 import type { SampleInput, TaskEventRecord } from '../store.ts';
 
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
@@ -149,6 +149,39 @@ describe('writer-sqlite SinkStore', () => {
       const err = expectBoltError(() => new SinkStore(path.join(dir, 'other.sqlite')), 'BOLT_ERR_STORE_OPEN_FAILED');
       expect(err.message).to.contain('not a Bolt sink store');
       expect(dump(path.join(dir, 'other.sqlite'))).to.deep.equal([]);
+    });
+
+    it('migrates a version 3 file: its samples are found per host through the time-ordered index', () => {
+      open().close();
+      store = undefined;
+      rmSync(path.dirname(file), { recursive: true });
+      mkdirSync(path.dirname(file));
+      const v3 = new Database(file);
+      v3.exec('CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)');
+      for (const m of MIGRATIONS.filter((m) => m.version <= 3)) {
+        v3.exec(m.sql);
+        v3.prepare('INSERT INTO schema_version VALUES (?, 1)').run(m.version);
+      }
+      v3.exec(`INSERT INTO runs (id, run_id, state, created_at) VALUES (1, 'old', 'succeeded', 10)`);
+      v3.exec(`INSERT INTO hosts (id, name) VALUES (1, 'h1'), (2, 'h2')`);
+      v3.exec(`INSERT INTO metrics (id, name) VALUES (1, 'cpu.busy'), (2, 'mem.used')`);
+      v3.exec(`INSERT INTO tag_sets (id, tags) VALUES (1, '{}')`);
+      v3.exec(`INSERT INTO samples (run, task, host, metric, tags, t, value) VALUES
+        (1, NULL, 1, 1, 1, 2000, 2), (1, NULL, 1, 2, 1, 1000, 50), (1, NULL, 2, 1, 1, 1000, 9), (1, NULL, 1, 1, 1, 1000, 1)`);
+      v3.close();
+
+      const s = open();
+      expect(s.schemaVersion).to.equal(SCHEMA_VERSION);
+      const db = new Database(file, { readonly: true });
+      try {
+        const indexes = db.prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' ORDER BY name`).pluck().all();
+        expect(indexes).to.deep.equal(['samples_by_run_host_time', 'samples_by_run_metric']);
+      } finally {
+        db.close();
+      }
+      expect(s.querySamples({ runId: 'old', metric: 'cpu.busy', host: 'h1' })).to.deep.equal([{ host: 'h1', task: null, tags: {}, t: [1000, 2000], values: [1, 2] }]);
+      expect(s.listRunHosts('old')).to.deep.equal(['h1', 'h2']);
+      expect(s.summarizeHost('old', 'h1').map((r) => [r.metric, r.count, r.from, r.to, r.max])).to.deep.equal([['cpu.busy', 2, 1000, 2000, 2], ['mem.used', 1, 1000, 1000, 50]]);
     });
 
     it('refuses every call after close() with a coded error', () => {
@@ -450,6 +483,29 @@ describe('writer-sqlite SinkStore', () => {
       expect(points({ runId: 'run-1', metric: 'cpu.busy', host: 'nobody' })).to.deep.equal([]);
       expect(points({ runId: 'run-1', metric: 'cpu.busy', taskId: 'nothing' })).to.deep.equal([]);
       expect(points({ runId: 'no-run', metric: 'cpu.busy' })).to.deep.equal([]);
+    });
+
+    it('resolves a series once whatever the order of its tags, and keeps tag sets apart that differ only in where a key ends', () => {
+      const s = open();
+      const batch = (id: string, host: string, tagsOf: (i: number) => Record<string, string> | undefined) =>
+        s.ingestBatches([{ batchId: id, host, runId: 'run-1', samples: Array.from({ length: 4 }, (_, i) => ({ t: 1_000 + i, metric: 'disk.busy', value: i, ...(tagsOf(i) !== undefined && { tags: tagsOf(i) }) })) }]);
+      batch('b1', 'h1', (i) => (i % 2 === 0 ? { task: 'load', dev: 'vda', ab: 'c' } : { ab: 'c', dev: 'vda', task: 'load' }));
+      batch('b2', 'h1', (i) => (i % 2 === 0 ? { task: 'load', dev: 'vda', a: 'bc' } : { dev: 'vda', a: 'bc', task: 'load' }));
+      batch('b3', 'h2', (i) => (i % 2 === 0 ? undefined : {}));
+      expect(s.querySamples({ runId: 'run-1', metric: 'disk.busy' }).map((x) => [x.host, x.task, x.tags, x.values])).to.deep.equal([
+        ['h1', 'load', { a: 'bc', dev: 'vda' }, [0, 1, 2, 3]],
+        ['h1', 'load', { ab: 'c', dev: 'vda' }, [0, 1, 2, 3]],
+        ['h2', null, {}, [0, 1, 2, 3]],
+      ]);
+      expect(s.queryBuckets({ runId: 'run-1', metric: 'disk.busy', taskId: 'load' }).map((b) => [b.tags, b.count])).to.deep.equal([
+        [{ a: 'bc', dev: 'vda' }, [4]],
+        [{ ab: 'c', dev: 'vda' }, [4]],
+      ]);
+      // Outside a run the task tag is a tag like any other; a bad tag value is refused by its position.
+      s.ingestBatches([{ batchId: 'b4', host: 'h1', samples: [{ t: 1, metric: 'disk.busy', value: 1, tags: { task: 'load', dev: 'vda' } }] }]);
+      const err = expectBoltError(() => s.ingestBatches([{ batchId: 'b5', host: 'h1', runId: 'run-1', samples: [{ t: 1, metric: 'disk.busy', value: 1, tags: { task: 'load', dev: 'vda' } }, { t: 2, metric: 'disk.busy', value: 2, tags: { dev: 7 as unknown as string, task: 'load' } }] }]), 'BOLT_ERR_STORE_BAD_RECORD');
+      expect(err.message).to.contain('samples[1].tags.dev');
+      expect(count(file, 'samples')).to.equal(13);
     });
 
     it('exports every row of a run as CSV in chunks, ordered by metric, time and arrival', () => {

@@ -192,6 +192,29 @@ describe('transport-ws server: WireEndpoint on a real socket', function () {
     await peer.closed;
   });
 
+  it('stops reading from every peer while paused, one that connects meanwhile included, until resumed or the hold runs out', async () => {
+    const server = await startServer({ autoAccept: true });
+    const heartbeat = (id: string) => ({ v: 1, type: 'heartbeat', id, at: Date.now(), load1: 0.1, cpuPercent: 3, memAvailableBytes: 1e9, diskFreeBytes: 1e10, eventLoopLagMs: 0.5, clockOffsetMs: 0 });
+    const first = await TestPeer.connect({ url: server.url });
+    server.endpoint.pauseReading(60_000);
+    const second = await TestPeer.connect({ url: server.url });
+    first.send(heartbeat('a1'));
+    second.send(heartbeat('b1'));
+    // Handshakes go on while paused; the frames above reached the server's sockets before this one's.
+    const third = await TestPeer.connect({ url: server.url });
+    expect(server.received).to.deep.equal([]);
+    expect(server.endpoint.stats()).to.include({ readingPaused: true, readPauses: 1, connections: 3 });
+
+    server.endpoint.resumeReading();
+    await waitFor(() => server.received.length === 2, 'both heartbeats after resumeReading');
+    expect(server.received.map((r) => (r.message as { id: string }).id).sort()).to.deep.equal(['a1', 'b1']);
+
+    server.endpoint.pauseReading(100);
+    third.send(heartbeat('c1'));
+    await waitFor(() => server.received.length === 3, 'the heartbeat once the hold ran out, without resumeReading');
+    expect(server.endpoint.stats()).to.include({ readingPaused: false, readPauses: 2 });
+  });
+
   it('answers a burst of 300 upgrades over the handshake rate with 503 and Retry-After, no WebSocket', async () => {
     const server = await startServer({ autoAccept: true, admission: { handshakesPerSec: 50, burst: 50 } });
     const outcomes = await Promise.all(
