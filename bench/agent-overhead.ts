@@ -2,7 +2,7 @@
  * agent-overhead: what a Bolt client agent costs its host, idle and while it collects the full
  * system metric set every second, next to sysstat's sadc collecting the same at the same interval.
  *
- *   node --import tsx bench/agent-overhead.ts [--seconds 60]
+ *   node --import tsx bench/agent-overhead.ts [--seconds 60] [--client-env NAME=VALUE]...
  *
  * 1. A real server (`bolt-core start --auto-accept`, server + embedded sink, loopback) and a real
  *    client (`bolt-core start --role client`) running the client plugins a real agent loads:
@@ -20,6 +20,9 @@
  * CPU per second is the growth of the summed per-thread run time (/proc/<pid>/task/<tid>/schedstat,
  * nanoseconds), as a % of one core; the figure is the median of the per-second values, with the
  * mean from utime+stime (/proc/<pid>/stat) over the whole window as a cross-check. RSS is VmRSS.
+ * The client's child processes (esbuild's build service while it runs, a task's shell) are not in
+ * those figures: their RSS and CPU are reported beside them. Threads are named where the plugin
+ * says which is its own (client.status and <collector>.stats report their thread id).
  * Prints one JSON object on stdout; progress on stderr; exits non-zero when a run fails.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -42,9 +45,15 @@ const MiB = 1024 * 1024;
 const progress = (msg: string) => process.stderr.write(`[agent-overhead] ${msg}\n`);
 const round = (v: number, digits = 2) => Number(v.toFixed(digits));
 
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '60' } } });
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '60' }, 'client-env': { type: 'string', multiple: true, default: [] } } });
 const SECONDS = Number(values.seconds);
 if (!Number.isInteger(SECONDS) || SECONDS < 5) throw new Error('--seconds must be a whole number of at least 5');
+/** Extra environment of the client only (--client-env NAME=VALUE), e.g. an agent's service settings; none by default. */
+const CLIENT_ENV = Object.fromEntries(values['client-env']!.map((pair) => {
+  const eq = pair.indexOf('=');
+  if (eq < 1) throw new Error(`--client-env takes NAME=VALUE (got '${pair}')`);
+  return [pair.slice(0, eq), pair.slice(eq + 1)];
+}));
 
 /** Summed run time of the live threads of a process, in ns. */
 function runTimeNs(pid: number): number {
@@ -61,13 +70,57 @@ interface Window {
   rssBytes: number[];
   /** CPU of each thread over the whole window, % of one core, busiest first. */
   threads: Array<{ tid: number; percent: number }>;
+  /** The process's children over the window: their summed RSS each second, their CPU, what they were. */
+  children: { rssBytes: number[]; cpuNs: number; commands: Set<string> };
+}
+
+/** The direct children of a process (/proc/<pid>/task/<tid>/children). */
+function childPids(pid: number): number[] {
+  const out: number[] = [];
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      for (const child of fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').split(' ')) if (child.trim() !== '') out.push(Number(child));
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return out;
+}
+
+/** A child's command line (program and first argument), its RSS and its summed run time; null once it is gone. */
+function childNow(pid: number): { command: string; rss: number; cpuNs: number } | null {
+  try {
+    const command = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, 2).map((a) => path.basename(a)).join(' ');
+    return { command, rss: rssBytes(pid), cpuNs: runTimeNs(pid) };
+  } catch {
+    return null;
+  }
 }
 
 /** Samples the CPU and RSS of each process every second for `seconds`. */
 async function measure(pids: number[], seconds: number): Promise<Window[]> {
-  const windows = pids.map((): Window => ({ perSecond: [], meanFromStat: 0, rssBytes: [], threads: [] }));
+  const windows = pids.map((): Window => ({ perSecond: [], meanFromStat: 0, rssBytes: [], threads: [], children: { rssBytes: [], cpuNs: 0, commands: new Set() } }));
   const statStart = pids.map(cpuSeconds);
   const threadsStart = pids.map(threadCpuNs);
+  // Run time of each child when first seen (or at the start), so that only the window's share counts.
+  const childCpu = pids.map(() => new Map<number, number>());
+  const sampleChildren = (i: number, pid: number, first: boolean): void => {
+    let rss = 0;
+    for (const child of childPids(pid)) {
+      const now = childNow(child);
+      if (now === null) continue;
+      const before = childCpu[i]!.get(child);
+      if (before === undefined) childCpu[i]!.set(child, first ? now.cpuNs : 0);
+      if (!first) {
+        windows[i]!.children.cpuNs += now.cpuNs - (before ?? 0);
+        childCpu[i]!.set(child, now.cpuNs);
+        windows[i]!.children.commands.add(now.command);
+        rss += now.rss;
+      }
+    }
+    if (!first) windows[i]!.children.rssBytes.push(rss);
+  };
+  pids.forEach((pid, i) => sampleChildren(i, pid, true));
   let last = pids.map(runTimeNs);
   let lastAt = performance.now();
   const startedAt = lastAt;
@@ -78,6 +131,7 @@ async function measure(pids: number[], seconds: number): Promise<Window[]> {
     pids.forEach((pid, i) => {
       windows[i]!.perSecond.push(((runTime[i]! - last[i]!) / 1e6 / (now - lastAt)) * 100);
       windows[i]!.rssBytes.push(rssBytes(pid));
+      sampleChildren(i, pid, false);
     });
     last = runTime;
     lastAt = now;
@@ -102,6 +156,15 @@ function summary(w: Window) {
   };
 }
 
+/** The child processes' share of a window: most RSS they held at once, their CPU as a % of one core over the window. */
+function childSummary(w: Window, seconds: number) {
+  return {
+    commands: [...w.children.commands].sort(),
+    rssMaxMiB: round(Math.max(0, ...w.children.rssBytes) / MiB, 1),
+    cpuPercent: round((w.children.cpuNs / 1e9 / seconds) * 100, 3),
+  };
+}
+
 const children = new Set<ChildProcess>();
 function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
   try {
@@ -114,9 +177,9 @@ process.on('exit', () => {
   for (const child of children) killGroup(child, 'SIGKILL');
 });
 
-function startGroup(command: string, args: string[], logFile: string): ChildProcess {
+function startGroup(command: string, args: string[], logFile: string, env: Record<string, string> = {}): ChildProcess {
   const fd = fs.openSync(logFile, 'a');
-  const child = spawn(command, args, { detached: true, stdio: ['ignore', fd, fd] });
+  const child = spawn(command, args, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
   fs.closeSync(fd);
   if (child.pid === undefined) throw new Error(`${command} did not start`);
   children.add(child);
@@ -178,7 +241,7 @@ async function main(): Promise<void> {
   const client = startGroup(process.execPath, [
     BIN, 'start', '--role', 'client', '--server', `ws://127.0.0.1:${server.port}`, '--data', path.join(clientDir, 'data'),
     '--plugins', clientPlugins, '--config', path.join(clientDir, 'bolt.yaml'), '--name', 'bench-agent', '--log-level', 'info',
-  ], path.join(clientDir, 'client.log'));
+  ], path.join(clientDir, 'client.log'), CLIENT_ENV);
   const clientPid = client.pid!;
   progress(`server pid ${server.pid} on 127.0.0.1:${server.port}, client pid ${clientPid}`);
   const clientAdmin = async <T>(service: string): Promise<T> => {
@@ -194,13 +257,15 @@ async function main(): Promise<void> {
     return hosts.some((h) => h.state === 'healthy') ? true : undefined;
   });
   await sleep(SETTLE_MS);
-  // The collectors' own threads, to tell their CPU from the rest of the agent's.
-  const collectorThreads = new Map<number, string>();
+  // The threads of the transport and the collectors, which report their own ids, to tell their CPU from the rest of the agent's.
+  const pluginThreads = new Map<number, string>();
   for (const name of ['collector-system', 'collector-process']) {
     const stats = await clientAdmin<Stats>(`${name}.stats`);
-    if (stats.thread) collectorThreads.set(stats.thread.tid, name);
+    if (stats.thread) pluginThreads.set(stats.thread.tid, name);
   }
-  const label = (tid: number): string => (tid === clientPid ? 'main' : (collectorThreads.get(tid) ?? 'other'));
+  const transportThread = (await clientAdmin<{ thread?: { tid: number } | null }>('client.status')).thread;
+  if (transportThread) pluginThreads.set(transportThread.tid, 'transport-ws');
+  const label = (tid: number): string => (tid === clientPid ? 'main' : (pluginThreads.get(tid) ?? 'other'));
   const threadTable = (w: Window) => w.threads.slice(0, 6).map((t) => ({ thread: label(t.tid), tid: t.tid, cpuPercent: round(t.percent, 3) }));
   progress(`idle: measuring the client for ${SECONDS} s`);
   const [idle] = await measure([clientPid], SECONDS);
@@ -248,12 +313,16 @@ async function main(): Promise<void> {
     cores: (await import('node:os')).cpus().length,
     code: codeVersion(['core', 'plugin-sdk/src', 'bench/agent-overhead.ts', ...CLIENT_PLUGINS.map((p) => `plugins/${p}`)]),
     windowSeconds: SECONDS,
+    clientEnv: CLIENT_ENV,
     interval: '1s',
     collected: FULL_SET,
     groupsSampled: after.loops.flatMap((l) => l.groups).sort(),
     samplesPerSecond: round((after.stream.sentSamples - before.stream.sentSamples) / SECONDS, 1),
     droppedSamples: after.stream.dropped,
-    client: { idle: { ...idleS, busiestThreads: threadTable(idle!) }, collecting: { ...collectingS, busiestThreads: threadTable(collecting!) } },
+    client: {
+      idle: { ...idleS, busiestThreads: threadTable(idle!), childProcesses: childSummary(idle!, SECONDS) },
+      collecting: { ...collectingS, busiestThreads: threadTable(collecting!), childProcesses: childSummary(collecting!, SECONDS) },
+    },
     collectorSystemThreadCpuPercent: before.thread && after.thread ? round(((after.thread.cpuMs - before.thread.cpuMs) / 1000 / collectingSeconds) * 100, 3) : null,
     sadc: { command: `sadc -S DISK,XDISK 1 ${SECONDS + 5} FILE`, ...sadcS },
     ratios: {

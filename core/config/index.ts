@@ -10,7 +10,10 @@ import type { PluginManifest } from '../../plugin-sdk/src/schemas/manifest.ts';
 import { describeAjvErrors } from '../manifest/index.ts';
 
 export interface SupervisorSettings {
-  /** How often the core pings each plugin host. */
+  /**
+   * How often the core checks each plugin host. A worker whose event loop has waited for events
+   * since the last check counts as answering without being woken; any other host is pinged.
+   */
   heartbeatIntervalMs: number;
   /** A host that has not answered a ping for this long is terminated (an endless loop). */
   watchdogTimeoutMs: number;

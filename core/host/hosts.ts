@@ -58,6 +58,8 @@ class WorkerHost extends EventEmitter implements PluginHost {
   private readonly worker: Worker;
   private lastError: ErrorInfo | undefined;
   private exited = false;
+  /** The worker's event loop idle time (ms) at the last heartbeat. */
+  private lastIdleMs = 0;
 
   constructor(opts: HostOptions) {
     super();
@@ -87,7 +89,25 @@ class WorkerHost extends EventEmitter implements PluginHost {
   }
 
   send(msg: CoreMessage, transfer?: TransferListItem[]): void {
-    if (!this.exited) this.worker.postMessage(msg, transfer);
+    if (this.exited) return;
+    if (msg.t === 'ping' && this.loopTurned()) {
+      this.emit('message', { t: 'pong', seq: msg.seq } satisfies HostMessage);
+      return;
+    }
+    this.worker.postMessage(msg, transfer);
+  }
+
+  /**
+   * True when the worker's event loop has waited for events (idle time grew) since the last call:
+   * a loop that polls also takes its messages, so it would answer the ping. Read from the main
+   * thread without waking the worker; only a loop that never got back to polling (an endless
+   * loop, a long synchronous call, still loading) gets the ping for real.
+   */
+  private loopTurned(): boolean {
+    const idle = this.worker.performance.eventLoopUtilization().idle;
+    const turned = idle > this.lastIdleMs;
+    this.lastIdleMs = idle;
+    return turned;
   }
 
   async terminate(): Promise<void> {

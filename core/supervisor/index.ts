@@ -66,9 +66,10 @@ interface PluginRecord {
   /** Why the current host is being ended by the core (start failure, watchdog); cleared per host. */
   hostError?: ErrorInfo;
   restartTimer?: NodeJS.Timeout;
-  heartbeat?: NodeJS.Timeout;
   /** When the current host last answered a heartbeat. */
   lastPong: number;
+  /** Sequence number of the next heartbeat ping to the current host. */
+  pingSeq: number;
   /** Settles the current stop: resolved by 'stopped' or the host's exit. */
   stopWaiter?: () => void;
 }
@@ -78,6 +79,9 @@ export class Supervisor extends EventEmitter {
   private readonly queues = new Map<string, Promise<void>>();
   private readonly opts: SupervisorOptions;
   private closing = false;
+  /** The hosts under the heartbeat watchdog, and its one timer (running while any is watched). */
+  private readonly watched = new Map<PluginRecord, PluginHost>();
+  private watchdog: NodeJS.Timeout | undefined;
 
   constructor(opts: SupervisorOptions) {
     super();
@@ -142,7 +146,7 @@ export class Supervisor extends EventEmitter {
   }
 
   list(): PluginStatus[] {
-    return [...this.records.values()].map((r) => this.status(r)).sort((a, b) => a.name.localeCompare(b.name));
+    return [...this.records.values()].map((r) => this.status(r)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /** Stops every plugin: the last started stops first, each within its stop deadline. */
@@ -202,6 +206,7 @@ export class Supervisor extends EventEmitter {
       crashTimes: previous?.crashTimes ?? [],
       lastError: null,
       lastPong: 0,
+      pingSeq: 0,
     };
     try {
       const manifest = await readManifest(folder);
@@ -336,27 +341,37 @@ export class Supervisor extends EventEmitter {
   }
 
   private startHeartbeat(record: PluginRecord, host: PluginHost): void {
-    const { heartbeatIntervalMs, watchdogTimeoutMs, startTimeoutMs } = this.opts.config.supervisor;
-    let seq = 0;
     record.lastPong = Date.now();
-    record.heartbeat = setInterval(() => {
+    record.pingSeq = 0;
+    this.watched.set(record, host);
+    if (this.watchdog) return;
+    this.watchdog = setInterval(() => this.checkHeartbeats(), this.opts.config.supervisor.heartbeatIntervalMs);
+    this.watchdog.unref();
+  }
+
+  /** One tick for every watched host, so the main thread wakes once per interval, not once per plugin. */
+  private checkHeartbeats(): void {
+    const { watchdogTimeoutMs, startTimeoutMs } = this.opts.config.supervisor;
+    const now = Date.now();
+    for (const [record, host] of this.watched) {
       // Loading a plugin (its imports, its start) may hold its event loop longer than a running
       // plugin ever should, most of all when many processes start at once: it gets the start deadline.
       const limit = record.state === 'loading' ? Math.max(startTimeoutMs, watchdogTimeoutMs) : watchdogTimeoutMs;
-      if (Date.now() - record.lastPong > limit) {
+      if (now - record.lastPong > limit) {
         this.stopHeartbeat(record);
         record.hostError = { code: 'BOLT_ERR_PLUGIN_UNRESPONSIVE', message: `'${record.name}' did not answer heartbeats for ${limit} ms (endless loop?); terminated` };
         void host.terminate();
-        return;
+        continue;
       }
-      host.send({ t: 'ping', seq: seq++ });
-    }, heartbeatIntervalMs);
-    record.heartbeat.unref();
+      host.send({ t: 'ping', seq: record.pingSeq++ });
+    }
   }
 
   private stopHeartbeat(record: PluginRecord): void {
-    if (record.heartbeat) clearInterval(record.heartbeat);
-    record.heartbeat = undefined;
+    this.watched.delete(record);
+    if (this.watched.size > 0 || !this.watchdog) return;
+    clearInterval(this.watchdog);
+    this.watchdog = undefined;
   }
 
   /** Stops a record's host (if any) within the stop deadline; leaves the record `stopped`. */

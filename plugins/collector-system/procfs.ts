@@ -5,9 +5,10 @@
  * Every parser is a pure function of the file's text, so it can be tested on saved fixtures.
  * Every reader is asynchronous (fs.promises) and spawns nothing: a full set of reads costs a few
  * hundred microseconds of CPU, where the systeminformation calls that cover the same ground
- * start shells (see MEASURED.md section 5).
+ * start shells (see MEASURED.md section 5). A ProcFiles keeps the files read every tick open, so
+ * that each reading is a single pread.
  */
-import { open, readdir, statfs } from 'node:fs/promises';
+import { open, readdir, statfs, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BoltError } from '../../plugin-sdk/src/errors.ts';
 
@@ -322,39 +323,104 @@ export async function readProcText(path: string): Promise<string> {
   }
 }
 
-async function readSource<T>(path: string, parse: (text: string) => T): Promise<T> {
+/** statfs(2) f_type of procfs. */
+const PROC_SUPER_MAGIC = 0x9fa0;
+
+interface HeldFile {
+  handle: FileHandle;
+  buffer: Buffer;
+}
+
+/**
+ * The procfs files a sampler reads on every tick, kept open: each reading is one pread from offset
+ * 0, where the kernel writes the text afresh, instead of open, read, read and close (four trips
+ * through libuv's thread pool, each waking the event loop). A file that is not on procfs (a copy
+ * of /proc, which may be replaced between readings) is opened for each reading as readProcText
+ * does. A file that fails is dropped and opened again on the next reading. close() closes them all.
+ */
+export class ProcFiles {
+  readonly #files = new Map<string, Promise<HeldFile | null>>();
+
+  /** The whole text of `path`. */
+  async read(path: string): Promise<string> {
+    let entry = this.#files.get(path);
+    if (entry === undefined) {
+      entry = holdIfProcfs(path);
+      this.#files.set(path, entry);
+    }
+    let file: HeldFile | null;
+    try {
+      file = await entry;
+    } catch (err) {
+      if (this.#files.get(path) === entry) this.#files.delete(path);
+      throw err;
+    }
+    if (file === null) return readProcText(path);
+    try {
+      for (;;) {
+        const { bytesRead } = await file.handle.read(file.buffer, 0, file.buffer.length, 0);
+        // procfs fills the buffer unless the text ended: a short read is all of it.
+        if (bytesRead < file.buffer.length) return file.buffer.toString('latin1', 0, bytesRead);
+        file.buffer = Buffer.allocUnsafe(file.buffer.length * 2);
+      }
+    } catch (err) {
+      if (this.#files.get(path) === entry) this.#files.delete(path);
+      await file.handle.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Closes every file held open. */
+  close(): void {
+    for (const entry of this.#files.values()) void entry.then((file) => file?.handle.close(), () => undefined).catch(() => undefined);
+    this.#files.clear();
+  }
+}
+
+async function holdIfProcfs(path: string): Promise<HeldFile | null> {
+  const handle = await open(path, 'r');
+  try {
+    if ((await statfs(path)).type === PROC_SUPER_MAGIC) return { handle, buffer: Buffer.allocUnsafe(8 * 1024) };
+  } catch {
+    // Not known to be procfs: read it the plain way.
+  }
+  await handle.close();
+  return null;
+}
+
+async function readSource<T>(path: string, parse: (text: string) => T, files?: ProcFiles): Promise<T> {
   let text: string;
   try {
-    text = await readProcText(path);
+    text = files ? await files.read(path) : await readProcText(path);
   } catch (cause) {
     throw new BoltError('BOLT_ERR_METRICS_SOURCE_UNREADABLE', `${path} could not be read: ${(cause as Error).message}`, { cause, details: { source: path } });
   }
   return parse(text);
 }
 
-/** Reads and parses `<procRoot>/stat`. */
-export function readProcStat(procRoot = '/proc'): Promise<ProcStat> {
-  return readSource(join(procRoot, 'stat'), parseProcStat);
+/** Reads and parses `<procRoot>/stat` (through `files` when given). */
+export function readProcStat(procRoot = '/proc', files?: ProcFiles): Promise<ProcStat> {
+  return readSource(join(procRoot, 'stat'), parseProcStat, files);
 }
 
-/** Reads and parses `<procRoot>/meminfo`. */
-export function readMeminfo(procRoot = '/proc'): Promise<MemInfo> {
-  return readSource(join(procRoot, 'meminfo'), parseMeminfo);
+/** Reads and parses `<procRoot>/meminfo` (through `files` when given). */
+export function readMeminfo(procRoot = '/proc', files?: ProcFiles): Promise<MemInfo> {
+  return readSource(join(procRoot, 'meminfo'), parseMeminfo, files);
 }
 
-/** Reads and parses `<procRoot>/net/dev`. */
-export function readNetDev(procRoot = '/proc'): Promise<Map<string, NetCounters>> {
-  return readSource(join(procRoot, 'net', 'dev'), parseNetDev);
+/** Reads and parses `<procRoot>/net/dev` (through `files` when given). */
+export function readNetDev(procRoot = '/proc', files?: ProcFiles): Promise<Map<string, NetCounters>> {
+  return readSource(join(procRoot, 'net', 'dev'), parseNetDev, files);
 }
 
-/** Reads and parses `<procRoot>/diskstats`. */
-export function readDiskstats(procRoot = '/proc'): Promise<DiskCounters[]> {
-  return readSource(join(procRoot, 'diskstats'), parseDiskstats);
+/** Reads and parses `<procRoot>/diskstats` (through `files` when given). */
+export function readDiskstats(procRoot = '/proc', files?: ProcFiles): Promise<DiskCounters[]> {
+  return readSource(join(procRoot, 'diskstats'), parseDiskstats, files);
 }
 
-/** Reads and parses `<procRoot>/loadavg`. */
-export function readLoadavg(procRoot = '/proc'): Promise<LoadAvg> {
-  return readSource(join(procRoot, 'loadavg'), parseLoadavg);
+/** Reads and parses `<procRoot>/loadavg` (through `files` when given). */
+export function readLoadavg(procRoot = '/proc', files?: ProcFiles): Promise<LoadAvg> {
+  return readSource(join(procRoot, 'loadavg'), parseLoadavg, files);
 }
 
 /** Names of whole block devices (the entries of `<sysRoot>/block`), or undefined without sysfs. */

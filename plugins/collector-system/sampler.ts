@@ -5,6 +5,7 @@
 import { performance } from 'node:perf_hooks';
 import { BoltError } from '../../plugin-sdk/src/errors.ts';
 import {
+  ProcFiles,
   readDiskstats,
   readFilesystemUsage,
   readLoadavg,
@@ -213,6 +214,7 @@ export class SystemSampler {
   #wholeDisks: Set<string> | undefined;
   #diskNamesSeen = '';
   #queue: Promise<unknown> = Promise.resolve();
+  readonly #files = new ProcFiles();
 
   /** @throws Error when a group name is unknown or a filter pattern is not a valid regular expression. */
   constructor(options: SystemSamplerOptions = {}) {
@@ -244,11 +246,11 @@ export class SystemSampler {
       }
     };
     const tasks: Array<Promise<void>> = [];
-    if (has('cpu')) tasks.push(collect('cpu', () => readProcStat(this.#procRoot), (v) => { reading.cpu = v; }));
-    if (has('memory')) tasks.push(collect('memory', () => readMeminfo(this.#procRoot), (v) => { reading.memory = v; }));
-    if (has('load')) tasks.push(collect('load', () => readLoadavg(this.#procRoot), (v) => { reading.load = v; }));
+    if (has('cpu')) tasks.push(collect('cpu', () => readProcStat(this.#procRoot, this.#files), (v) => { reading.cpu = v; }));
+    if (has('memory')) tasks.push(collect('memory', () => readMeminfo(this.#procRoot, this.#files), (v) => { reading.memory = v; }));
+    if (has('load')) tasks.push(collect('load', () => readLoadavg(this.#procRoot, this.#files), (v) => { reading.load = v; }));
     if (has('network')) {
-      tasks.push(collect('network', () => readNetDev(this.#procRoot), (v) => { reading.network = selectInterfaces(v, this.#interfaces); }));
+      tasks.push(collect('network', () => readNetDev(this.#procRoot, this.#files), (v) => { reading.network = selectInterfaces(v, this.#interfaces); }));
     }
     if (has('disk')) tasks.push(collect('disk', () => this.#readDisks(), (v) => { reading.disk = v; }));
     // One slot per mount, so that the order of fs.* follows the configuration, not the syscalls.
@@ -276,6 +278,11 @@ export class SystemSampler {
     this.#previous = undefined;
   }
 
+  /** Closes the files held open between samples; a later sample opens them again. */
+  close(): void {
+    this.#files.close();
+  }
+
   async #takeSample(): Promise<SystemSample> {
     const { reading, errors } = await this.read();
     const prev = this.#previous;
@@ -287,7 +294,7 @@ export class SystemSampler {
   }
 
   async #readDisks(): Promise<DiskCounters[]> {
-    const all = await readDiskstats(this.#procRoot);
+    const all = await readDiskstats(this.#procRoot, this.#files);
     // /sys/block is listed again only when the set of devices changes (hotplug), not every second.
     const names = all.map((d) => d.name).join(' ');
     if (names !== this.#diskNamesSeen) {

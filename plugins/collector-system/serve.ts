@@ -23,6 +23,8 @@ export interface MetricPoint {
 /** Reads one metric group; keeps its previous reading so that rates come from the second call on. */
 export interface GroupReader {
   sample(): Promise<{ metrics: MetricPoint[]; errors: BoltError[] }>;
+  /** Releases what the reader holds between samples (open files); called when the group is dropped. */
+  close?(): void;
 }
 
 export interface CollectorDefinition {
@@ -264,7 +266,11 @@ export function serveCollector(ctx: Pick<PluginContext<unknown>, 'name' | 'bus' 
     if (!loop) return;
     loop.members.delete(member);
     const needed = new Set([...loop.members].flatMap((m) => [...m.groups]));
-    for (const group of loop.readers.keys()) if (!needed.has(group)) loop.readers.delete(group);
+    for (const [group, reader] of loop.readers) {
+      if (needed.has(group)) continue;
+      loop.readers.delete(group);
+      reader.close?.();
+    }
     if (loop.members.size === 0) {
       clearTimeout(loop.timer);
       loop.timer = undefined;
@@ -413,7 +419,10 @@ export function serveCollector(ctx: Pick<PluginContext<unknown>, 'name' | 'bus' 
       const deadline = performance.now() + deadlineMs;
       for (const dispose of disposers) dispose();
       for (const member of members.values()) clearTimeout(member.timer);
-      for (const loop of loops.values()) clearTimeout(loop.timer);
+      for (const loop of loops.values()) {
+        clearTimeout(loop.timer);
+        for (const reader of loop.readers.values()) reader.close?.();
+      }
       members.clear();
       loops.clear();
       keepClockFresh();

@@ -22,7 +22,7 @@ export interface HealthSamplerOptions {
   dataDir: string;
   /** The current clock offset estimate (server − client, ms); 0 when absent. */
   clockOffsetMs?: () => number;
-  /** Sampling interval of the event loop delay monitor, ms. Default 20. */
+  /** Sampling interval of the event loop delay monitor, ms. Default 50. */
   loopResolutionMs?: number;
   /** Where MemAvailable is read from; os.freemem() when it cannot be read. Default /proc/meminfo. */
   meminfoPath?: string;
@@ -55,7 +55,7 @@ export class HealthSampler {
     this.#clockOffsetMs = options.clockOffsetMs ?? (() => 0);
     this.#meminfo = new ProcHead(options.meminfoPath ?? '/proc/meminfo', 512);
     this.#stat = new ProcHead(options.statPath ?? '/proc/stat', 256);
-    const resolution = options.loopResolutionMs ?? 20;
+    const resolution = options.loopResolutionMs ?? 50;
     this.#resolutionNs = resolution * 1e6;
     this.#loop = monitorEventLoopDelay({ resolution });
     this.#loop.enable();

@@ -65,7 +65,7 @@ export class PluginTableReporter {
     if (this.#table.size === 0) return undefined;
     this.#changed = false;
     this.#sinceReport = 0;
-    return [...this.#table.values()].sort((a, b) => a.name.localeCompare(b.name)).slice(0, WIRE_LIMITS.maxPluginsReported);
+    return [...this.#table.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).slice(0, WIRE_LIMITS.maxPluginsReported);
   }
 
   close(): void {

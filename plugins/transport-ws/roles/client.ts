@@ -3,7 +3,7 @@
  * commands) and, once the server's welcome names it, to the sink (events and metrics).
  * Verified commands go on the bus for the action runner; nothing here runs them.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { PluginContext } from '../../../plugin-sdk/src/index.ts';
@@ -18,6 +18,17 @@ import { localClock, type Identity } from '../protocol/index.ts';
 import { agentUrl, type RunningRole, type TransportSettings } from './settings.ts';
 
 const STREAM_TYPES = new Set(['task.event', 'metrics.batch']);
+
+/** The transport's own thread: its id and CPU time so far (from /proc/thread-self), null where procfs lacks it. */
+function ownThread(): { tid: number; cpuMs: number } | null {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').at(-1));
+    const cpuNs = Number(readFileSync('/proc/thread-self/schedstat', 'latin1').split(' ')[0]);
+    return Number.isInteger(tid) && Number.isFinite(cpuNs) ? { tid, cpuMs: cpuNs / 1e6 } : null;
+  } catch {
+    return null;
+  }
+}
 
 export async function startClientRole(ctx: PluginContext<TransportSettings>, identity: Identity): Promise<RunningRole> {
   const { options, bus, log } = ctx;
@@ -115,6 +126,7 @@ export async function startClientRole(ctx: PluginContext<TransportSettings>, ide
       server: { url: server, connected: agent.connected, counters: agent.counters },
       sink: sink && { url: sink.url, connected: sink.connected, counters: sink.counters },
       offsetMs: agent.offsetMs,
+      thread: ownThread(),
     })),
     // Resolves true once the message is on disk (or already sent); refused with BOLT_ERR_WIRE_OUTBOX_FULL when the outbox is full.
     bus.provide('client.send', async (data) => {
