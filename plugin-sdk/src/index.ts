@@ -8,6 +8,7 @@
 export * from './schemas/index.ts';
 export * from './errors.ts';
 export * from './action.ts';
+export { ownThread } from './thread.ts';
 
 /** Undoes what a `subscribe` or `provide` call did. Calling it twice is harmless. */
 export type Disposer = () => void;

@@ -4,13 +4,13 @@
  * groups it serves and how to read one (see serveCollector). collector-system and
  * collector-process both run on it.
  */
-import { readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { BoltError } from '../../plugin-sdk/src/errors.ts';
 import { taskEventId } from '../../plugin-sdk/src/action.ts';
 import type { PluginContext } from '../../plugin-sdk/src/index.ts';
 import type { MetricSample, MetricsBatchMessage, TaskEventMessage } from '../../plugin-sdk/src/schemas/wire.ts';
+import { ownThread } from '../../plugin-sdk/src/thread.ts';
 import { SampleStream, type StreamSettings, type StreamStats } from './stream.ts';
 
 /** One value of one metric, as the samplers return it. */
@@ -100,17 +100,6 @@ interface Loop {
   ticks: number;
   busy: boolean;
   timer?: NodeJS.Timeout;
-}
-
-/** The calling thread's id and run time, from procfs (Linux 3.17+). */
-function ownThread(): { tid: number; cpuMs: number } | null {
-  try {
-    const tid = Number(readlinkSync('/proc/thread-self').split('/').at(-1));
-    const cpuNs = Number(readFileSync('/proc/thread-self/schedstat', 'latin1').split(' ')[0]);
-    return Number.isInteger(tid) && Number.isFinite(cpuNs) ? { tid, cpuMs: cpuNs / 1e6 } : null;
-  } catch {
-    return null;
-  }
 }
 
 const FINAL_KINDS = new Set(['finished', 'failed', 'timedout', 'cancelled']);

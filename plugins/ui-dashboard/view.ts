@@ -5,7 +5,7 @@
  * shows one column per job task with each host's latest attempt.
  */
 import type { RunTaskView, RunView } from '../writer-sqlite/services.ts';
-import type { HostResult, StoredRun } from '../writer-sqlite/store.ts';
+import type { HostResult, RunSummary, StoredRun } from '../writer-sqlite/store.ts';
 
 /** A host's state in one task, as the grid shows it; `none`: not a target of that task. */
 export const CELL_STATES = ['none', 'pending', 'running', 'ok', 'failed', 'timedout', 'cancelled', 'lost'] as const;
@@ -144,13 +144,7 @@ export interface UiResult {
 }
 
 /** One row of `ui.runs`. */
-export interface UiRunRow {
-  id: string;
-  jobName: string | null;
-  state: string;
-  createdAt: number;
-  startedAt: number | null;
-  finishedAt: number | null;
+export interface UiRunRow extends RunSummary {
   /** Most targets of any of its tasks; null when not known yet. */
   hosts: number | null;
   tasks: number | null;

@@ -9,7 +9,6 @@
  * task states and chart figures. Screenshots go to the folder the run prints.
  */
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,7 +18,7 @@ import type { RunView } from '../../core/cli/run-view.ts';
 import { connectServer, type ServerApi } from '../../core/cli/server-api.ts';
 import { boltState, chartProblems, chartsMatchingApi, drawnMetrics, launchBrowser, offlineContext, openDashboard, screenshot, type Charts, type SinkAccess, type TestBrowser } from '../helpers/browser.ts';
 import { REPO } from '../helpers/core.ts';
-import { BIN, eventually, freePort, spawnBolt, type BoltProcess } from '../helpers/processes.ts';
+import { eventually, freePort, killCliProcesses, runCli, spawnBolt, type BoltProcess, type CliResult } from '../helpers/processes.ts';
 
 const JOB = path.join(REPO, 'test', 'e2e', 'dashboard', 'live.yaml');
 const JOB_NAME = 'e2e-dashboard';
@@ -45,31 +44,6 @@ const CONFIG = {
   },
 };
 
-interface CliResult {
-  code: number | string;
-  stdout: string;
-  stderr: string;
-}
-
-const cliProcesses = new Set<ChildProcess>();
-
-/** `bolt-core ARGS...` as a separate process (no API token in its environment); SIGKILLed after `timeoutMs`. */
-function cli(args: string[], timeoutMs = 60_000): Promise<CliResult> {
-  const env = { ...process.env };
-  delete env.BOLT_API_TOKEN;
-  const proc = spawn(process.execPath, [BIN, ...args], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  cliProcesses.add(proc);
-  let stdout = '';
-  let stderr = '';
-  proc.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
-  return new Promise((resolve) => proc.once('close', (code, signal) => {
-    clearTimeout(timer);
-    cliProcesses.delete(proc);
-    resolve({ code: code ?? signal ?? -1, stdout, stderr });
-  }));
-}
 
 /** One server with its sink and the clients c0..c2 (label e2e=dashboard), each with BOLT_E2E_HOST=<name>. */
 class DashboardFleet {
@@ -137,7 +111,7 @@ class DashboardFleet {
     await this.waitHealthy();
     const api = await this.serverApi();
     const before = new Set((await api.get<{ runId: string }[]>('/api/runs')).map((r) => r.runId));
-    const ended = cli(['run', JOB, ...this.flags, '--no-progress', '--json']);
+    const ended = runCli(['run', JOB, ...this.flags, '--no-progress', '--json']).result;
     const runId = await eventually(async () => (await api.get<{ runId: string; job: string }[]>('/api/runs')).find((r) => r.job === JOB_NAME && !before.has(r.runId))?.runId,
       15_000, `the new run of ${JOB_NAME}`);
     return { runId, ended };
@@ -204,10 +178,7 @@ describe('dashboard end to end: a live run on three clients in chromium, and its
   });
 
   after(async () => {
-    await Promise.all([...cliProcesses].map((p) => new Promise((resolve) => {
-      p.once('close', resolve);
-      p.kill('SIGKILL');
-    })));
+    await killCliProcesses();
     await browser?.close();
     await fleet.stop();
   });
@@ -422,7 +393,7 @@ describe('dashboard end to end: a live run on three clients in chromium, and its
     }
 
     const fromCli = path.join(fleet.dir, 'report.html');
-    const r = await cli(['report', runId, '--out', fromCli, '--sink', fleet.sinkUrl, '--data', fleet.serverData]);
+    const r = await runCli(['report', runId, '--out', fromCli, '--sink', fleet.sinkUrl, '--data', fleet.serverData]).result;
     expect(r.code, `bolt-core report: ${r.stderr}`).to.equal(0);
     expect((await stat(fromCli)).size).to.be.above(0);
 

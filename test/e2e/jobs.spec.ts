@@ -8,7 +8,6 @@
  */
 import { expect } from 'chai';
 import Database from 'better-sqlite3';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -17,7 +16,7 @@ import { serviceRequest } from '../../core/cli/admin-client.ts';
 import type { HostResult, RunView, TaskView } from '../../core/cli/run-view.ts';
 import { connectServer, type ServerApi } from '../../core/cli/server-api.ts';
 import { REPO } from '../helpers/core.ts';
-import { BIN, eventually, freePort, spawnBolt, type BoltProcess } from '../helpers/processes.ts';
+import { eventually, freePort, killCliProcesses, runCli, spawnBolt, type BoltProcess, type CliResult } from '../helpers/processes.ts';
 
 const JOBS = path.join(REPO, 'test', 'e2e', 'jobs');
 const NAMES = ['c0', 'c1', 'c2'];
@@ -86,41 +85,6 @@ function killLeftovers(text = UNIQUE): void {
       // already gone
     }
   }
-}
-
-interface CliResult {
-  code: number | string;
-  stdout: string;
-  stderr: string;
-}
-
-const cliProcesses = new Set<ChildProcess>();
-
-/** `bolt-core ARGS...` as a process with stdout and stderr apart; SIGKILLed after `timeoutMs`. */
-function cli(args: string[], timeoutMs = 60_000): { proc: ChildProcess; result: Promise<CliResult> } {
-  const env = { ...process.env };
-  delete env.BOLT_API_TOKEN;
-  const proc = spawn(process.execPath, [BIN, ...args], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  cliProcesses.add(proc);
-  let stdout = '';
-  let stderr = '';
-  proc.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
-  // 'close' comes after the exit and the end of both pipes: the output is complete.
-  const result = new Promise<CliResult>((resolve) => proc.once('close', (code, signal) => {
-    clearTimeout(timer);
-    cliProcesses.delete(proc);
-    resolve({ code: code ?? signal ?? -1, stdout, stderr });
-  }));
-  return { proc, result };
-}
-
-function killClis(): Promise<unknown> {
-  return Promise.all([...cliProcesses].map((p) => new Promise((resolve) => {
-    p.once('close', resolve);
-    p.kill('SIGKILL');
-  })));
 }
 
 /** A JSON answer of the CLI, with the CLI's stderr in the error when it is not JSON. */
@@ -276,7 +240,7 @@ class Fleet {
 
   /** `bolt-core show RUN --json`. */
   async show(runId: string): Promise<RunView> {
-    const r = await cli(['show', runId, ...this.flags, '--json']).result;
+    const r = await runCli(['show', runId, ...this.flags, '--json']).result;
     expect(r.code, r.stderr).to.equal(0);
     return parseJson<RunView>(r);
   }
@@ -319,7 +283,7 @@ function fleetFor(separateSink: boolean): Fleet {
     await fleet.start();
   });
   after(async () => {
-    await killClis();
+    await killCliProcesses();
     await fleet.stop();
     killLeftovers();
   });
@@ -332,7 +296,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
 
   it('runs a three-task DAG on three clients in order, with each host\'s output, exit 0', async () => {
     await fleet.waitHealthy();
-    const r = await cli(['run', job('dag'), ...fleet.flags, '--no-progress', '--json']).result;
+    const r = await runCli(['run', job('dag'), ...fleet.flags, '--no-progress', '--json']).result;
     expect(r.code, r.stderr).to.equal(0);
     const run = parseJson<RunView>(r);
     expect(run.state).to.equal('succeeded');
@@ -365,7 +329,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
 
   it('fails a task whose command fails and cancels its dependents without dispatching them, exit 1', async () => {
     await fleet.waitHealthy();
-    const r = await cli(['run', job('fail'), ...fleet.flags, '--no-progress', '--json']).result;
+    const r = await runCli(['run', job('fail'), ...fleet.flags, '--no-progress', '--json']).result;
     expect(r.code, r.stderr).to.equal(1);
     const run = parseJson<RunView>(r);
     expect(run.state).to.equal('failed');
@@ -390,7 +354,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
 
   it('tolerates one failing host with failure.maxFailedHosts: 1, exit 0', async () => {
     await fleet.waitHealthy();
-    const r = await cli(['run', job('tolerate'), ...fleet.flags, '--no-progress', '--json']).result;
+    const r = await runCli(['run', job('tolerate'), ...fleet.flags, '--no-progress', '--json']).result;
     expect(r.code, r.stderr).to.equal(0);
     const run = parseJson<RunView>(r);
     expect(run.state).to.equal('succeeded');
@@ -406,7 +370,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
   it('ends the whole process tree of a command that times out: no orphan left, exit 1', async () => {
     await fleet.waitHealthy();
     const mark = marker(1);
-    const running = cli(['run', job('timeout'), ...fleet.flags, '--var', `mark=300.${mark}`, '--no-progress', '--json']);
+    const running = runCli(['run', job('timeout'), ...fleet.flags, '--var', `mark=300.${mark}`, '--no-progress', '--json']);
     // Each host's shell starts two sleeps: one in the background, one in the foreground.
     await fleet.waitSleeps(mark, { c0: 2, c1: 2, c2: 2 }, 'two sleeps on each of three hosts');
     const r = await running.result;
@@ -424,11 +388,11 @@ describe('jobs end to end: one server with its sink, three client processes, bol
   it('cancels a run: the commands stop on every host and the waiting task is never sent', async () => {
     await fleet.waitHealthy();
     const mark = marker(2);
-    const running = cli(['run', job('cancel'), ...fleet.flags, '--var', `mark=300.${mark}`, '--no-progress', '--json']);
+    const running = runCli(['run', job('cancel'), ...fleet.flags, '--var', `mark=300.${mark}`, '--no-progress', '--json']);
     await fleet.waitSleeps(mark, { c0: 1, c1: 1, c2: 1 }, 'a sleep on each of three hosts');
     const runId = await fleet.runIdOf('e2e-cancel');
     const cancelledAt = Date.now();
-    const c = await cli(['cancel', runId, ...fleet.flags, '--json']).result;
+    const c = await runCli(['cancel', runId, ...fleet.flags, '--json']).result;
     expect(c.code, c.stderr).to.equal(0);
     expect(parseJson<{ state: string }>(c).state).to.equal('cancelled');
     const r = await running.result;
@@ -449,7 +413,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
 
   it('starts runs of a cron-scheduled job on schedule (every 2 s) until the schedule is removed', async () => {
     await fleet.waitHealthy();
-    const r = await cli(['run', job('cron'), ...fleet.flags, '--json']).result;
+    const r = await runCli(['run', job('cron'), ...fleet.flags, '--json']).result;
     expect(r.code, r.stderr).to.equal(0);
     const scheduled = parseJson<{ scheduleId: string; job: string; schedule: string; nextRunAt: number | null }>(r);
     expect(scheduled).to.include({ job: 'e2e-cron', schedule: '*/2 * * * * *' });
@@ -464,7 +428,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
     }
     const schedules = await serviceRequest<{ job: string }[]>(fleet.serverData, 'scheduler.schedules.list', {});
     expect(schedules.map((s) => s.job)).to.not.include('e2e-cron');
-    const listed = parseJson<RunListEntry[]>(await cli(['runs', ...fleet.flags, '--json']).result).filter((x) => x.job === 'e2e-cron');
+    const listed = parseJson<RunListEntry[]>(await runCli(['runs', ...fleet.flags, '--json']).result).filter((x) => x.job === 'e2e-cron');
     expect(listed.length).to.be.at.least(2);
     for (const x of listed) expect(x.scheduled, x.runId).to.deep.include({ scheduleId: scheduled.scheduleId, schedule: '*/2 * * * * *' });
     // Fired on even seconds, 2 s apart (createdAt is the server's clock, ms since the epoch).
@@ -481,7 +445,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
   it('finishes a run after the server is killed mid-task and started again; the clients come back by themselves', async () => {
     await fleet.waitHealthy();
     const mark = marker(3);
-    const running = cli(['run', job('restart'), ...fleet.flags, '--var', `pause=5.${mark}`, '--no-progress', '--json']);
+    const running = runCli(['run', job('restart'), ...fleet.flags, '--var', `pause=5.${mark}`, '--no-progress', '--json']);
     await fleet.waitSleeps(mark, { c0: 1, c1: 1, c2: 1 }, 'slow running on three hosts');
     const runId = await fleet.runIdOf('e2e-restart');
     await fleet.server!.kill();
@@ -510,7 +474,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
   it('reports a client killed mid-task as lost: the task fails, unless maxFailedHosts allows one', async () => {
     await fleet.waitHealthy();
     const mark = marker(4);
-    const running = cli(['run', job('lost'), ...fleet.flags, '--var', `mark=300.${mark}`, '--no-progress', '--json']);
+    const running = runCli(['run', job('lost'), ...fleet.flags, '--var', `mark=300.${mark}`, '--no-progress', '--json']);
     // Both tasks sleep on c0 only; the other hosts finish them at once.
     await fleet.waitSleeps(mark, { c0: 2 }, 'both tasks running on c0');
     await fleet.clients.get('c0')!.kill();
@@ -539,7 +503,7 @@ describe('jobs end to end with a separate sink process (--role server, --role si
   const fleet = fleetFor(true);
 
   it('has the events of a client that connected before the sink registered with the server', async () => {
-    const r = cli(['run', job('early'), ...fleet.flags, '--no-progress', '--json']);
+    const r = runCli(['run', job('early'), ...fleet.flags, '--no-progress', '--json']);
     const runId = await fleet.runIdOf('e2e-early');
     try {
       const stored = await eventually(() => {
@@ -554,7 +518,7 @@ describe('jobs end to end with a separate sink process (--role server, --role si
 
   it('loses no event and counts none twice when the sink is killed mid-task and started again', async () => {
     const mark = marker(5);
-    const running = cli(['run', job('sink'), ...fleet.flags, '--var', `pause=2.${mark}`, '--no-progress', '--json']);
+    const running = runCli(['run', job('sink'), ...fleet.flags, '--var', `pause=2.${mark}`, '--no-progress', '--json']);
     await fleet.waitSleeps(mark, { c0: 1, c1: 1, c2: 1 }, 'work running on three hosts');
     const runId = await fleet.runIdOf('e2e-sink');
     const events = () => sinkRows<{ host: string; kind: string; id: string }>(fleet.sinkFile, EVENTS_SQL, runId, 'work');

@@ -11,7 +11,6 @@
  */
 import { expect } from 'chai';
 import Database from 'better-sqlite3';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -21,7 +20,7 @@ import type { RunView, TaskView } from '../../core/cli/run-view.ts';
 import { connectServer, type ServerApi } from '../../core/cli/server-api.ts';
 import type { RawSeriesView } from '../../plugins/writer-sqlite/services.ts';
 import { REPO } from '../helpers/core.ts';
-import { BIN, eventually, freePort, spawnBolt, type BoltProcess } from '../helpers/processes.ts';
+import { eventually, freePort, killCliProcesses, runCli, spawnBolt, type BoltProcess, type CliResult } from '../helpers/processes.ts';
 
 const JOBS = path.join(REPO, 'test', 'e2e', 'metrics');
 const NAMES = ['m0', 'm1', 'm2'];
@@ -50,31 +49,6 @@ const CPU_METRICS = ['cpu.user', 'cpu.system', 'cpu.iowait', 'cpu.steal', 'cpu.i
 const MEMORY_METRICS = ['mem.total', 'mem.used', 'mem.available', 'mem.cached', 'mem.swap_used'];
 const NETWORK_METRICS = ['net.rx_bytes', 'net.tx_bytes', 'net.rx_packets', 'net.tx_packets', 'net.rx_errors', 'net.tx_errors', 'net.rx_drops', 'net.tx_drops'];
 
-interface CliResult {
-  code: number | string;
-  stdout: string;
-  stderr: string;
-}
-
-const cliProcesses = new Set<ChildProcess>();
-
-/** `bolt-core ARGS...` with stdout and stderr apart; SIGKILLed after `timeoutMs`. */
-function cli(args: string[], timeoutMs = 60_000): Promise<CliResult> {
-  const env = { ...process.env };
-  delete env.BOLT_API_TOKEN;
-  const proc = spawn(process.execPath, [BIN, ...args], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  cliProcesses.add(proc);
-  let stdout = '';
-  let stderr = '';
-  proc.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
-  return new Promise((resolve) => proc.once('close', (code, signal) => {
-    clearTimeout(timer);
-    cliProcesses.delete(proc);
-    resolve({ code: code ?? signal ?? -1, stdout, stderr });
-  }));
-}
 
 function parseRun(r: CliResult): RunView {
   try {
@@ -320,7 +294,7 @@ class Fleet {
 
   /** `bolt-core run JOB --json` against the server. */
   run(jobFile: string, extra: string[] = []): Promise<CliResult> {
-    return cli(['run', path.join(JOBS, jobFile), '--server', `http://127.0.0.1:${this.port}`, '--data', this.serverData, '--no-progress', '--json', ...extra]);
+    return runCli(['run', path.join(JOBS, jobFile), '--server', `http://127.0.0.1:${this.port}`, '--data', this.serverData, '--no-progress', '--json', ...extra]).result;
   }
 
   collectorStats(name: string): Promise<CollectorStats> {
@@ -341,10 +315,7 @@ describe('host metrics end to end: server, separate sink and three clients as pr
     await fleet.start();
   });
   after(async () => {
-    await Promise.all([...cliProcesses].map((p) => new Promise((resolve) => {
-      p.once('close', resolve);
-      p.kill('SIGKILL');
-    })));
+    await killCliProcesses();
     await fleet.stop();
   });
 

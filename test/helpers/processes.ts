@@ -103,3 +103,42 @@ export async function coreInfo(dataDir: string, timeoutMs = 20_000): Promise<{ p
   return eventually(async () => JSON.parse(await readFile(path.join(dataDir, 'core.json'), 'utf8')), timeoutMs, `${dataDir}/core.json`);
 }
 
+/** What a `bolt-core` command run by runCli printed and how it ended. */
+export interface CliResult {
+  code: number | string;
+  stdout: string;
+  stderr: string;
+}
+
+const cliProcesses = new Set<ChildProcess>();
+
+/**
+ * `bolt-core ARGS...` as a separate process from the repository, without $BOLT_API_TOKEN, with
+ * stdout and stderr apart; SIGKILLed after `timeoutMs`. `result` settles once the process exited
+ * and both pipes ended, so the output is complete.
+ */
+export function runCli(args: string[], timeoutMs = 60_000): { proc: ChildProcess; result: Promise<CliResult> } {
+  const env = { ...process.env };
+  delete env.BOLT_API_TOKEN;
+  const proc = spawn(process.execPath, [BIN, ...args], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  cliProcesses.add(proc);
+  let stdout = '';
+  let stderr = '';
+  proc.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
+  const result = new Promise<CliResult>((resolve) => proc.once('close', (code, signal) => {
+    clearTimeout(timer);
+    cliProcesses.delete(proc);
+    resolve({ code: code ?? signal ?? -1, stdout, stderr });
+  }));
+  return { proc, result };
+}
+
+/** SIGKILLs every runCli process still running and waits until they are gone. */
+export function killCliProcesses(): Promise<unknown> {
+  return Promise.all([...cliProcesses].map((p) => new Promise((resolve) => {
+    p.once('close', resolve);
+    p.kill('SIGKILL');
+  })));
+}

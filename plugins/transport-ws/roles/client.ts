@@ -3,11 +3,12 @@
  * commands) and, once the server's welcome names it, to the sink (events and metrics).
  * Verified commands go on the bus for the action runner; nothing here runs them.
  */
-import { readFileSync, readlinkSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { PluginContext } from '../../../plugin-sdk/src/index.ts';
 import type { MetricsBatchMessage, TaskEventMessage } from '../../../plugin-sdk/src/schemas/wire.ts';
+import { ownThread } from '../../../plugin-sdk/src/thread.ts';
 import { WireClient } from '../client/connection.ts';
 import { HealthSampler } from '../client/health-record.ts';
 import { Outbox } from '../client/outbox.ts';
@@ -18,17 +19,6 @@ import { localClock, type Identity } from '../protocol/index.ts';
 import { agentUrl, type RunningRole, type TransportSettings } from './settings.ts';
 
 const STREAM_TYPES = new Set(['task.event', 'metrics.batch']);
-
-/** The transport's own thread: its id and CPU time so far (from /proc/thread-self), null where procfs lacks it. */
-function ownThread(): { tid: number; cpuMs: number } | null {
-  try {
-    const tid = Number(readlinkSync('/proc/thread-self').split('/').at(-1));
-    const cpuNs = Number(readFileSync('/proc/thread-self/schedstat', 'latin1').split(' ')[0]);
-    return Number.isInteger(tid) && Number.isFinite(cpuNs) ? { tid, cpuMs: cpuNs / 1e6 } : null;
-  } catch {
-    return null;
-  }
-}
 
 export async function startClientRole(ctx: PluginContext<TransportSettings>, identity: Identity): Promise<RunningRole> {
   const { options, bus, log } = ctx;
