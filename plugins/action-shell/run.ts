@@ -283,6 +283,8 @@ function result(outcome: ShellOutcome, fields: Partial<ShellResult>, error?: She
  * output from processes it left running is read for at most 1 s more, then the pipes are closed.
  */
 export async function runShell(spec: ShellSpec, opts: RunShellOptions = {}): Promise<ShellResult> {
+  // A rejected startWhen (a cancel) is an answer on every path, also the early returns below.
+  opts.startWhen?.catch(() => {});
   const limit = opts.outputLimitBytes ?? DEFAULT_OUTPUT_LIMIT_BYTES;
   const graceMs = opts.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
   const { signal, timeoutMs } = opts;
