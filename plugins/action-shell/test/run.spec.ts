@@ -244,6 +244,27 @@ describe('action-shell runShell', function () {
       expect(processesWith(marker)).to.deep.equal([]);
     });
 
+    it('startWhen rejecting after runShell returned early (already cancelled) is handled, not an unhandled rejection', async () => {
+      const unhandled: unknown[] = [];
+      const onUnhandled = (reason: unknown): void => {
+        unhandled.push(reason);
+      };
+      process.on('unhandledRejection', onUnhandled);
+      try {
+        const ac = new AbortController();
+        ac.abort();
+        let cancel!: (err: Error) => void;
+        const startWhen = new Promise<void>((_resolve, reject) => (cancel = reject));
+        const r = await runShell({ run: 'true' }, { signal: ac.signal, startWhen });
+        expect(r.outcome).to.equal('cancelled');
+        cancel(new Error('cancelled at the instant'));
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        expect(unhandled).to.deep.equal([]);
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
+      }
+    });
+
     it('an already aborted signal starts nothing', async () => {
       const ac = new AbortController();
       ac.abort();
