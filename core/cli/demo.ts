@@ -7,12 +7,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { usageError, type Command } from './command.ts';
 import { followRun, progressReporter, submitRun } from './run.ts';
+import { saveReport } from './report.ts';
 import { formatDuration, taskTable } from './run-view.ts';
 import { connectServer, type ServerApi } from './server-api.ts';
 
@@ -127,7 +128,8 @@ export const demoCommand: Command = {
       const run = await followRun(api, runId, (r) => progress.update(r)).finally(() => progress.stop());
       process.stdout.write(`\n${taskTable(run)}\n\nrun ${runId} ${run.state} in ${formatDuration(performance.now() - started)}\n`);
       const sinkUrl = `http://127.0.0.1:${sinkPort}`;
-      const report = await saveReport(connectServer(sinkUrl, token), runId, path.join(root, `report-${runId}.html`)).catch((err: Error) => {
+      const reportFile = path.join(root, `report-${runId}.html`);
+      const report = await saveReport(connectServer(sinkUrl, token), runId, reportFile).then(() => reportFile, (err: Error) => {
         say(`demo: could not save the run's report: ${err.message}`);
         return null;
       });
@@ -159,9 +161,3 @@ export const demoCommand: Command = {
     }
   },
 };
-
-/** Saves the sink's report of the run to `file`; returns the file. */
-async function saveReport(sink: ServerApi, runId: string, file: string): Promise<string> {
-  await writeFile(file, await sink.getText(`/api/runs/${encodeURIComponent(runId)}/report.html`));
-  return file;
-}

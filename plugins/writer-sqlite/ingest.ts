@@ -24,7 +24,7 @@
  *   so that the transport can stop reading from clients meanwhile and let them keep their samples.
  */
 import { BoltError } from '../../plugin-sdk/src/errors.ts';
-import type { Logger } from '../../plugin-sdk/src/index.ts';
+import { metricsBatchSamples, type Logger } from '../../plugin-sdk/src/index.ts';
 import type { SampleBatch, SampleInput, SinkStore, TaskEventRecord } from './store.ts';
 
 export interface IngestSettings {
@@ -361,13 +361,8 @@ export class IngestQueue {
 
   /** The batch of a text record, or null (counted as refused and logged) when its text holds no samples. */
   #parse(record: SampleBatchText): SampleBatch | null {
-    let samples: unknown;
-    try {
-      samples = (JSON.parse(record.json) as { samples?: unknown } | null)?.samples;
-    } catch {
-      samples = undefined;
-    }
-    if (!Array.isArray(samples)) {
+    const samples = metricsBatchSamples({ json: record.json });
+    if (samples === undefined) {
       this.stats.rejected++;
       this.#log.warn({ id: record.batchId }, 'metrics batch text without a samples array refused by the sink store and dropped');
       return null;

@@ -62,21 +62,7 @@ export function fakeClient(bus: Bus, options: FakeClientOptions): FakeClient {
     },
     serverNow,
     dispatch(fields) {
-      const task: ActionDispatch = {
-        v: 1,
-        type: 'task.dispatch',
-        id: randomUUID(),
-        runId: 'run-1',
-        taskId: 'task-1',
-        action: 'shell',
-        with: {},
-        startAt: null,
-        timeoutMs: 10_000,
-        expiresAt: serverNow() + 60_000,
-        sig: `${'A'.repeat(86)}==`,
-        receivedAt: serverNow(),
-        ...fields,
-      };
+      const task = dispatchMessage(serverNow, 'shell', fields);
       bus.publish('client.task.dispatch', task);
       return task;
     },
@@ -117,10 +103,29 @@ export function processesWith(marker: string): Array<{ pid: number; args: string
 }
 
 /** Polls check every 10 ms until it holds; throws after timeoutMs. */
-export async function pollUntil(what: string, check: () => boolean, timeoutMs: number): Promise<void> {
+export async function pollUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
   const deadline = performance.now() + timeoutMs;
-  while (!check()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+  while (!(await check())) {
+    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/** A verified dispatch as the transport publishes it on `client.task.dispatch`: of `action`, due at once, with `fields` over the defaults. */
+export function dispatchMessage(serverNow: () => number, action: string, fields: Partial<ActionDispatch> = {}): ActionDispatch {
+  return {
+    v: 1,
+    type: 'task.dispatch',
+    id: randomUUID(),
+    runId: 'run-1',
+    taskId: 'task-1',
+    action,
+    with: {},
+    startAt: null,
+    timeoutMs: 10_000,
+    expiresAt: serverNow() + 60_000,
+    sig: `${'A'.repeat(86)}==`,
+    receivedAt: serverNow(),
+    ...fields,
+  };
 }

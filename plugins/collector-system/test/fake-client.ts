@@ -3,11 +3,11 @@
  * createTestHost: `client.clock`, `client.status` and `client.send` served on the host's bus, and
  * dispatches and task events published as the transport and the actions publish them.
  */
-import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { BoltError, taskEventId, type ActionDispatch, type Bus, type MetricSample, type MetricsBatchMessage, type TaskEventKind, type TaskEventMessage } from '../../../plugin-sdk/src/index.ts';
+import { dispatchMessage, FAKE_HOST_ID } from '../../action-shell/test/fake-client.ts';
 
-export const FAKE_HOST_ID = 'fake-host-id';
+export { FAKE_HOST_ID, pollUntil } from '../../action-shell/test/fake-client.ts';
 export const FAKE_HOST_NAME = 'web-1';
 
 /** A sample as the sink would store it: the batch's runId next to it. */
@@ -45,21 +45,7 @@ export function fakeClient(bus: Bus, options: { offsetMs: number }): FakeClient 
     refusing: false,
     serverNow,
     dispatch(fields) {
-      const task: ActionDispatch = {
-        v: 1,
-        type: 'task.dispatch',
-        id: randomUUID(),
-        runId: 'run-1',
-        taskId: 'task-1',
-        action: 'sleep',
-        with: {},
-        startAt: null,
-        timeoutMs: 10_000,
-        expiresAt: serverNow() + 60_000,
-        sig: `${'A'.repeat(86)}==`,
-        receivedAt: serverNow(),
-        ...fields,
-      };
+      const task = dispatchMessage(serverNow, 'sleep', fields);
       bus.publish('client.task.dispatch', task);
       return task;
     },
@@ -94,14 +80,6 @@ export function fakeClient(bus: Bus, options: { offsetMs: number }): FakeClient 
   return client;
 }
 
-/** Polls check every 10 ms until it holds; throws after timeoutMs. */
-export async function pollUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!(await check())) {
-    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 /** The distinct `t` of some samples, ascending. */
 export function instants(samples: readonly MetricSample[]): number[] {

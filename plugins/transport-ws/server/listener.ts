@@ -228,7 +228,7 @@ export class Listener {
     request.params = match.params;
     if (this.#opts.browserLogin && method === 'GET' && request.query.has('token')) return this.#login(request, res);
     if (!(this.#opts.publicPaths ?? DEFAULT_PUBLIC).has(request.path) && !this.#authorized(req, method)) {
-      if (this.#opts.browserLogin && !request.path.startsWith('/api/') && method === 'GET') return replyText(res, new TextResponse('text/html; charset=utf-8', loginPage(this.url('/')), { 'content-security-policy': "default-src 'none'" }), 401);
+      if (this.#opts.browserLogin && !request.path.startsWith('/api/') && method === 'GET') return replyText(res, loginPage(this.url('/')), 401);
       return reply(res, 401, apiError('BOLT_ERR_WIRE_API_UNAUTHORIZED', `Missing or wrong bearer token (see ${API_TOKEN_FILE} in the data directory).`), true);
     }
     const body = await readBody(req, this.#opts.maxBodyBytes ?? MAX_BODY_BYTES);
@@ -256,7 +256,7 @@ export class Listener {
   /** `?token=`: the session cookie and a redirect to the same address without the token, or 401. */
   #login(request: ApiRequest, res: ServerResponse): void {
     if (!timingSafeEqual(sha256(`Bearer ${request.query.get('token')}`), this.#tokenHash)) {
-      return replyText(res, new TextResponse('text/html; charset=utf-8', loginPage(this.url('/')), { 'content-security-policy': "default-src 'none'" }), 401);
+      return replyText(res, loginPage(this.url('/')), 401);
     }
     const rest = new URLSearchParams(request.query);
     rest.delete('token');
@@ -314,15 +314,15 @@ function cookieValue(header: string | undefined, name: string): string | undefin
   return undefined;
 }
 
-/** What a browser without a session sees. */
-function loginPage(url: string): string {
-  return [
+/** What a browser without a session sees (401). */
+function loginPage(url: string): TextResponse {
+  return new TextResponse('text/html; charset=utf-8', [
     '<!doctype html><meta charset="utf-8"><title>Bolt: sign in</title>',
     '<body style="font:15px system-ui,sans-serif;max-width:40em;margin:3em auto;line-height:1.5">',
     '<h1>Bolt</h1><p>This page needs the sink\'s API token. Open the address that <code>bolt-core start</code> or',
     ` <code>bolt-core demo --keep</code> printed, or add the token yourself: <code>${url}?token=TOKEN</code>, where TOKEN is in`,
     ` <code>DATA/plugins/transport-ws/${API_TOKEN_FILE}</code> on the sink's machine.</p>`,
-  ].join('');
+  ].join(''), { 'content-security-policy': "default-src 'none'" });
 }
 
 const DEFAULT_PUBLIC: ReadonlySet<string> = new Set(['/api/health']);

@@ -9,6 +9,7 @@ import { BIN, eventually } from '../../../test/helpers/processes.ts';
 import type { FleetSeriesView, StatSeriesView } from '../services.ts';
 import type { RunMetricsSummary } from '../store.ts';
 import { startSinkProcess, type SinkProcess } from './sink-process.ts';
+import { parseCsv } from './csv.ts';
 
 const execFileAsync = promisify(execFile);
 const RUN = 'run-cli';
@@ -22,34 +23,6 @@ async function cli(args: string[]): Promise<{ code: number; stdout: string; stde
     const e = err as { code?: number; stdout?: string; stderr?: string };
     return { code: e.code ?? -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
   }
-}
-
-/** Minimal RFC 4180 reader. */
-function parseCsv(text: string): string[][] {
-  const rows: string[][] = [];
-  let row: string[] = [];
-  let field = '';
-  let quoted = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i]!;
-    if (quoted) {
-      if (c === '"' && text[i + 1] === '"') {
-        field += '"';
-        i++;
-      } else if (c === '"') quoted = false;
-      else field += c;
-    } else if (c === '"') quoted = true;
-    else if (c === ',') {
-      row.push(field);
-      field = '';
-    } else if (c === '\n') {
-      row.push(field);
-      rows.push(row);
-      row = [];
-      field = '';
-    } else field += c;
-  }
-  return rows;
 }
 
 describe('writer-sqlite through the sink API and bolt-core show --metrics', function () {

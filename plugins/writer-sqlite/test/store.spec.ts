@@ -9,6 +9,7 @@ import { BoltError } from '../../../plugin-sdk/src/errors.ts';
 import type { ErrorCode } from '../../../plugin-sdk/src/errors.ts';
 import { MIGRATIONS, SCHEMA_VERSION, SinkStore } from '../store.ts';
 import type { SampleInput, TaskEventRecord } from '../store.ts';
+import { parseCsv } from './csv.ts';
 
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
 const KILL_FIXTURE = fileURLToPath(new URL('./fixtures/commit-then-kill.ts', import.meta.url));
@@ -51,35 +52,6 @@ function event(id: string, host: string, kind: TaskEventRecord['kind'], at: numb
 
 function samples(from: number, n: number, extra: Partial<SampleInput> = {}): SampleInput[] {
   return Array.from({ length: n }, (_, i) => ({ t: from + i * 1000, metric: 'cpu.busy', value: i, runId: 'run-1', taskId: 'hammer', ...extra }));
-}
-
-/** Minimal RFC 4180 reader for the export's output. */
-function parseCsv(text: string): string[][] {
-  const rows: string[][] = [];
-  let row: string[] = [];
-  let field = '';
-  let quoted = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i]!;
-    if (quoted) {
-      if (c === '"' && text[i + 1] === '"') {
-        field += '"';
-        i++;
-      } else if (c === '"') quoted = false;
-      else field += c;
-    } else if (c === '"') quoted = true;
-    else if (c === ',') {
-      row.push(field);
-      field = '';
-    } else if (c === '\n') {
-      row.push(field);
-      rows.push(row);
-      row = [];
-      field = '';
-    } else field += c;
-  }
-  expect(field, 'CSV ends with a newline').to.equal('');
-  return rows;
 }
 
 describe('writer-sqlite SinkStore', () => {
