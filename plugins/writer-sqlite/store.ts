@@ -18,13 +18,14 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { BoltError } from '../../plugin-sdk/src/errors.ts';
 import type { TaskEventKind, TaskEventMessage, TaskStatusMessage } from '../../plugin-sdk/src/schemas/wire.ts';
+import { BlockBuilder, blockStart, decodeBlock, type SampleBlock } from './blocks.ts';
 import { ValueDigest } from './digest.ts';
 
 /** File name of the store inside the sink's data directory. */
 export const DEFAULT_STORE_FILENAME = 'sink.sqlite';
 
 /** The schema version this code writes; older files are migrated forward on open. */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 export interface SinkStoreOptions {
   /** How long a write waits for another connection's lock before failing, in ms. Default 5000. */
@@ -303,14 +304,17 @@ const FINAL_STATES: ReadonlySet<string> = new Set<FinalTaskState>(['succeeded', 
 const PLACEHOLDER_RUN_STATE = 'unknown';
 /** Dimension caches are dropped when one grows past this many entries (tags of high cardinality). */
 const MAX_CACHE_ENTRIES = 100_000;
+/** Latest (and, negated, earliest) sample time the store takes: JavaScript's last Date, epoch ms. */
+const MAX_TIME_MS = 8.64e15;
 /** CSV rows collected before one call of the export's write callback. */
 const CSV_ROWS_PER_CHUNK = 1000;
 
 /**
- * Forward migrations; migration N brings a file from version N-1 to N. Never edit a shipped one.
- * Exported for tests that build a file of an older version.
+ * Forward migrations; migration N brings a file from version N-1 to N: its `sql`, then its
+ * `migrate` step when it has one. Never edit a shipped one. Exported for tests that build a file
+ * of an older version.
  */
-export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
+export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string; migrate?: (db: Database.Database) => void }> = [
   {
     version: 1,
     sql: `
@@ -452,7 +456,63 @@ export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
       CREATE INDEX samples_by_run_host_time ON samples (run, host, t, metric);
     `,
   },
+  {
+    // Samples packed in blocks (blocks.ts) instead of a row each: one row per run, host, write and
+    // 5 s window. The metrics a run has are listed in run_metrics (the blocks do not say without
+    // being read). The rows of version 4 are packed in the order they arrived.
+    version: 5,
+    sql: `
+      CREATE TABLE sample_blocks (
+        run INTEGER REFERENCES runs (id),
+        host INTEGER NOT NULL REFERENCES hosts (id),
+        t0 INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        data BLOB NOT NULL
+      );
+      CREATE INDEX sample_blocks_by_run_host ON sample_blocks (run, host, t0);
+      CREATE INDEX sample_blocks_by_run ON sample_blocks (run, t0);
+      CREATE TABLE run_metrics (
+        run INTEGER NOT NULL REFERENCES runs (id),
+        metric INTEGER NOT NULL REFERENCES metrics (id),
+        PRIMARY KEY (run, metric)
+      ) WITHOUT ROWID;
+      INSERT INTO run_metrics SELECT DISTINCT run, metric FROM samples WHERE run IS NOT NULL;
+    `,
+    migrate: packSampleRows,
+  },
 ];
+
+/** Most samples the version 5 migration packs into one block. */
+const MIGRATION_BLOCK_SAMPLES = 5000;
+
+/** Moves the rows of the version 4 `samples` table into blocks, consecutive rows of one run, host and window together, then drops it. */
+function packSampleRows(db: Database.Database): void {
+  const insert = db.prepare('INSERT INTO sample_blocks (run, host, t0, count, data) VALUES (?, ?, ?, ?, ?)');
+  let block: BlockBuilder | undefined;
+  let blockHost = 0;
+  const flush = () => {
+    if (block !== undefined && block.count > 0) insert.run(block.run, blockHost, block.t0, block.count, block.encode());
+  };
+  // Read in pages: better-sqlite3 runs no write while a read is iterating on the connection.
+  const page = db.prepare('SELECT rowid, run, task, host, metric, tags, t, value FROM samples WHERE rowid > ? ORDER BY rowid LIMIT 20000').raw();
+  let after = 0;
+  for (;;) {
+    const rows = page.all(after) as Array<[number, number | null, number | null, number, number, number, number, number]>;
+    if (rows.length === 0) break;
+    for (const [rowid, run, task, host, metric, tags, t, value] of rows) {
+      const t0 = blockStart(t);
+      if (block === undefined || block.run !== run || blockHost !== host || block.t0 !== t0 || block.count >= MIGRATION_BLOCK_SAMPLES) {
+        flush();
+        block = new BlockBuilder(run, t0);
+        blockHost = host;
+      }
+      block.add(metric, tags, task ?? 0, t, value);
+      after = rowid;
+    }
+  }
+  flush();
+  db.exec('DROP TABLE samples');
+}
 
 type Statement = Database.Statement<unknown[]>;
 
@@ -477,9 +537,10 @@ interface SeriesEntry {
   tags: number;
   /** The `task` tag, checked (samples in a run only). */
   taskName: string | undefined;
-  /** The run `task` was resolved for; -1 before the first time. */
+  /** The run `task` was resolved (and the metric listed) for; -1 before the first time. */
   run: number;
-  task: number | null;
+  /** The task row; 0: none. */
+  task: number;
   /** The bucket this series fed last and the write (`#writes`) that bucket belongs to. */
   delta: BucketDelta | null;
   write: number;
@@ -569,7 +630,8 @@ export class SinkStore {
     | 'insertEvent'
     | 'upsertHostResult'
     | 'insertBatch'
-    | 'insertSample'
+    | 'insertBlock'
+    | 'insertRunMetric'
     | 'taskState'
     | 'hostResultSpan'
     | 'finishTask'
@@ -592,7 +654,7 @@ export class SinkStore {
     | 'hostName'
     | 'tagsJson'
     | 'metricsByName'
-    | 'exportMetric'
+    | 'blocksOfRun'
     | 'runBucketMs'
     | 'runAndBucketMs'
     | 'setRunBucketMs'
@@ -600,7 +662,7 @@ export class SinkStore {
     | 'upsertBucket'
     | 'bucketsOfMetric'
     | 'hostsOfRun'
-    | 'samplesOfRunHost'
+    | 'blocksOfRunHost'
     | 'taskName'
     | 'metricName',
     Statement
@@ -621,6 +683,8 @@ export class SinkStore {
   readonly #runSeries = new Map<string, Map<string, SeriesEntry>>();
   readonly #plainSeries = new Map<string, Map<string, SeriesEntry>>();
   #seriesCount = 0;
+  /** `run metric` pairs known to be in run_metrics. */
+  readonly #runMetrics = new Set<string>();
   /** Ingest calls so far: tells a bucket delta of this call from one of an earlier call. */
   #writes = 0;
   readonly #queries = new Map<string, Statement>();
@@ -700,7 +764,8 @@ export class SinkStore {
       insertBatch: prepare(`
         INSERT INTO ingested_batches (batch_id, host, samples, received_at) VALUES (?, ?, ?, ?)
         ON CONFLICT (batch_id) DO NOTHING`),
-      insertSample: prepare('INSERT INTO samples (run, task, host, metric, tags, t, value) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      insertBlock: prepare('INSERT INTO sample_blocks (run, host, t0, count, data) VALUES (?, ?, ?, ?, ?)'),
+      insertRunMetric: prepare('INSERT INTO run_metrics (run, metric) VALUES (?, ?) ON CONFLICT DO NOTHING'),
       taskState: prepare(`
         SELECT state, hosts_total, hosts_ok, hosts_failed, hosts_lost, hosts_started, hosts_timedout, hosts_cancelled
         FROM tasks WHERE id = ?`),
@@ -740,9 +805,8 @@ export class SinkStore {
         UPDATE tasks SET status_published_at = coalesce(status_published_at, ?)
         WHERE run = (SELECT id FROM runs WHERE run_id = ?) AND task_id = ? AND state <> 'running'`),
       metricsOfRun: prepare(`
-        SELECT m.name FROM metrics m
-        WHERE EXISTS (SELECT 1 FROM samples s WHERE s.run = (SELECT id FROM runs WHERE run_id = ?) AND s.metric = m.id)
-        ORDER BY m.name`).pluck(),
+        SELECT m.name FROM run_metrics x JOIN metrics m ON m.id = x.metric
+        WHERE x.run = (SELECT id FROM runs WHERE run_id = ?) ORDER BY m.name`).pluck(),
       syncFull: prepare('PRAGMA synchronous = FULL'),
       syncNormal: prepare('PRAGMA synchronous = NORMAL'),
       getRun: prepare('SELECT * FROM runs WHERE run_id = ?'),
@@ -765,11 +829,8 @@ export class SinkStore {
       hostName: prepare('SELECT name FROM hosts WHERE id = ?').pluck(),
       tagsJson: prepare('SELECT tags FROM tag_sets WHERE id = ?').pluck(),
       metricsByName: prepare('SELECT id, name FROM metrics ORDER BY name'),
-      // Walks samples_by_run_metric in order: no sort, rows stream as they are read.
-      exportMetric: prepare(`
-        SELECT s.t, (SELECT name FROM hosts WHERE id = s.host), (SELECT task_id FROM tasks WHERE id = s.task),
-          (SELECT tags FROM tag_sets WHERE id = s.tags), s.value
-        FROM samples s WHERE s.run = ? AND s.metric = ? ORDER BY s.t, s.rowid`).raw(),
+      // Walks sample_blocks_by_run in order (its last column is the rowid): no sort.
+      blocksOfRun: prepare('SELECT host, t0, count, data FROM sample_blocks WHERE run = ? ORDER BY t0, rowid').raw(),
       runBucketMs: prepare('SELECT bucket_ms FROM runs WHERE id = ?').pluck(),
       runAndBucketMs: prepare('SELECT id, bucket_ms FROM runs WHERE run_id = ?'),
       setRunBucketMs: prepare('UPDATE runs SET bucket_ms = ? WHERE id = ?'),
@@ -782,15 +843,15 @@ export class SinkStore {
           p50 = excluded.p50, p95 = excluded.p95, digest = excluded.digest`),
       // Walks sample_buckets_key in order: one task and tag set after the other.
       bucketsOfMetric: prepare('SELECT task, tags, t, digest FROM sample_buckets WHERE run = ? AND metric = ? ORDER BY task, tags, t').raw(),
-      // A loose index scan of samples_by_run_host_time: one seek per distinct host.
+      // A loose index scan of sample_blocks_by_run_host: one seek per distinct host.
       hostsOfRun: prepare(`
         WITH RECURSIVE h(id) AS (
-          SELECT (SELECT min(host) FROM samples WHERE run = @run)
+          SELECT (SELECT min(host) FROM sample_blocks WHERE run = @run)
           UNION ALL
-          SELECT (SELECT min(host) FROM samples WHERE run = @run AND host > h.id) FROM h WHERE h.id IS NOT NULL
+          SELECT (SELECT min(host) FROM sample_blocks WHERE run = @run AND host > h.id) FROM h WHERE h.id IS NOT NULL
         ) SELECT id FROM h WHERE id IS NOT NULL`).pluck(),
-      // Walks samples_by_run_host_time: the host's samples in time order, no sort.
-      samplesOfRunHost: prepare('SELECT metric, task, tags, t, value FROM samples INDEXED BY samples_by_run_host_time WHERE run = ? AND host = ? ORDER BY t').raw(),
+      // Walks sample_blocks_by_run_host: the host's blocks by window, then arrival.
+      blocksOfRunHost: prepare('SELECT t0, count, data FROM sample_blocks INDEXED BY sample_blocks_by_run_host WHERE run = ? AND host = ? ORDER BY t0, rowid').raw(),
       taskName: prepare('SELECT task_id FROM tasks WHERE id = ?').pluck(),
       metricName: prepare('SELECT name FROM metrics WHERE id = ?').pluck(),
     };
@@ -1033,54 +1094,74 @@ export class SinkStore {
    */
   querySamples(query: SampleQuery): Series[] {
     this.#assertOpen();
-    const conditions = ['s.run = (SELECT id FROM runs WHERE run_id = ?)', 's.metric = (SELECT id FROM metrics WHERE name = ?)'];
-    const params: unknown[] = [query.runId, query.metric];
+    const run = this.#stmt.runKey.get(query.runId) as number | undefined;
+    const metric = this.#stmt.metricKey.get(query.metric) as number | undefined;
+    if (run === undefined || metric === undefined) return [];
+    const conditions = ['run = ?'];
+    const params: unknown[] = [run];
     if (query.host !== undefined) {
-      conditions.push('s.host = (SELECT id FROM hosts WHERE name = ?)');
-      params.push(query.host);
+      const host = this.#stmt.hostKey.get(query.host) as number | undefined;
+      if (host === undefined) return [];
+      conditions.push('host = ?');
+      params.push(host);
     }
+    let task: number | undefined;
     if (query.taskId !== undefined) {
-      conditions.push('s.task = (SELECT k.id FROM tasks k JOIN runs kr ON kr.id = k.run WHERE kr.run_id = ? AND k.task_id = ?)');
-      params.push(query.runId, query.taskId);
+      task = this.#stmt.taskKey.get(run, query.taskId) as number | undefined;
+      if (task === undefined) return [];
     }
+    const from = query.from ?? -Infinity;
+    const to = query.to ?? Infinity;
     if (query.from !== undefined) {
-      conditions.push('s.t >= ?');
-      params.push(query.from);
+      conditions.push('t0 >= ?');
+      params.push(blockStart(query.from));
     }
     if (query.to !== undefined) {
-      conditions.push('s.t <= ?');
+      conditions.push('t0 <= ?');
       params.push(query.to);
     }
-    if (query.limit !== undefined) params.push(query.limit + 1);
-    // One host: its time-ordered index (the (run, metric, t) one would read every host's samples).
-    const sql = `
-      SELECT s.host, s.task, s.tags, s.t, s.value FROM samples s${query.host !== undefined ? ' INDEXED BY samples_by_run_host_time' : ''}
-      WHERE ${conditions.join(' AND ')} ORDER BY s.t, s.rowid${query.limit !== undefined ? ' LIMIT ?' : ''}`;
-    const byKey = new Map<string, { host: number; task: number | null; tags: number; t: number[]; values: number[] }>();
+    // One host: its own index; otherwise every host's blocks of the run in the time range.
+    const sql = `SELECT host, t0, count, data FROM sample_blocks WHERE ${conditions.join(' AND ')} ORDER BY t0, rowid`;
+    const byKey = new Map<string, { host: number; task: number; tags: number; t: number[]; values: number[]; sorted: boolean }>();
     let read = 0;
-    for (const row of this.#query(sql).iterate(...params) as IterableIterator<[number, number | null, number, number, number]>) {
-      if (query.limit !== undefined && ++read > query.limit) {
-        throw new BoltError('BOLT_ERR_METRICS_BAD_QUERY', `more than ${query.limit} samples of ${query.metric} match; narrow the query with host, from and to (or export them with bolt-core show RUN --metrics --csv)`, {
-          details: { limit: query.limit },
-        });
+    for (const [host, t0, count, data] of this.#query(sql).iterate(...params) as IterableIterator<[number, number, number, Buffer]>) {
+      const block = decodeBlock(t0, count, data);
+      for (let i = 0; i < count; i++) {
+        if (block.metrics[i] !== metric || (task !== undefined && block.tasks[i] !== task)) continue;
+        const t = t0 + block.dts[i]!;
+        if (t < from || t > to) continue;
+        if (query.limit !== undefined && ++read > query.limit) {
+          throw new BoltError('BOLT_ERR_METRICS_BAD_QUERY', `more than ${query.limit} samples of ${query.metric} match; narrow the query with host, from and to (or export them with bolt-core show RUN --metrics --csv)`, {
+            details: { limit: query.limit },
+          });
+        }
+        const key = `${host}:${block.tasks[i]}:${block.tags[i]}`;
+        let series = byKey.get(key);
+        if (series === undefined) {
+          series = { host, task: block.tasks[i]!, tags: block.tags[i]!, t: [], values: [], sorted: true };
+          byKey.set(key, series);
+        }
+        if (series.t.length > 0 && t < series.t[series.t.length - 1]!) series.sorted = false;
+        series.t.push(t);
+        series.values.push(block.values[i]!);
       }
-      const [host, task, tags, t, value] = row;
-      const key = `${host}:${task}:${tags}`;
-      let series = byKey.get(key);
-      if (series === undefined) {
-        series = { host, task, tags, t: [], values: [] };
-        byKey.set(key, series);
-      }
-      series.t.push(t);
-      series.values.push(value);
     }
-    const result = [...byKey.values()].map((s) => ({
-      host: this.#stmt.hostName.get(s.host) as string,
-      task: s.task === null ? null : (this.#stmt.taskName.get(s.task) as string),
-      tagsJson: this.#stmt.tagsJson.get(s.tags) as string,
-      t: s.t,
-      values: s.values,
-    }));
+    const result = [...byKey.values()].map((s) => {
+      // Blocks come window by window, so only samples of one window can be out of time order;
+      // a stable sort keeps equal times in the order they arrived.
+      if (!s.sorted) {
+        const order = s.t.map((_, i) => i).sort((a, b) => s.t[a]! - s.t[b]! || a - b);
+        s.t = order.map((i) => s.t[i]!);
+        s.values = order.map((i) => s.values[i]!);
+      }
+      return {
+        host: this.#stmt.hostName.get(s.host) as string,
+        task: s.task === 0 ? null : (this.#stmt.taskName.get(s.task) as string),
+        tagsJson: this.#stmt.tagsJson.get(s.tags) as string,
+        t: s.t,
+        values: s.values,
+      };
+    });
     result.sort((a, b) => compare(a.host, b.host) || compareTask(a.task, b.task) || compare(a.tagsJson, b.tagsJson));
     return result.map((s) => ({ host: s.host, task: s.task, tags: JSON.parse(s.tagsJson) as Record<string, string>, t: s.t, values: s.values }));
   }
@@ -1210,7 +1291,7 @@ export class SinkStore {
   /**
    * One host's samples in a run, per metric, task and tag set, with exact statistics; rows by
    * metric (in the order the store first saw the metrics), then series by their first sample.
-   * Reads the host's samples of the run once, in index order (memory: the values of that host).
+   * Reads the host's blocks of the run once (memory: the values of that host).
    */
   summarizeHost(runId: string, hostName: string): MetricSummary[] {
     this.#assertOpen();
@@ -1218,19 +1299,28 @@ export class SinkStore {
     const host = this.#stmt.hostKey.get(hostName) as number | undefined;
     if (run === undefined || host === undefined) return [];
     const groups = new Map<string, { metric: number; task: number; tags: number; values: number[]; sum: number; from: number; to: number }>();
-    for (const [metric, task, tags, t, value] of this.#stmt.samplesOfRunHost.iterate(run, host) as IterableIterator<[number, number | null, number, number, number]>) {
-      const key = `${metric}:${task ?? 0}:${tags}`;
-      let g = groups.get(key);
-      if (g === undefined) {
-        g = { metric, task: task ?? 0, tags, values: [], sum: 0, from: t, to: t };
-        groups.set(key, g);
+    for (const [t0, count, data] of this.#stmt.blocksOfRunHost.iterate(run, host) as IterableIterator<[number, number, Buffer]>) {
+      const block = decodeBlock(t0, count, data);
+      for (let i = 0; i < count; i++) {
+        const metric = block.metrics[i]!;
+        const task = block.tasks[i]!;
+        const tags = block.tags[i]!;
+        const t = t0 + block.dts[i]!;
+        const value = block.values[i]!;
+        const key = `${metric}:${task}:${tags}`;
+        let g = groups.get(key);
+        if (g === undefined) {
+          g = { metric, task, tags, values: [], sum: 0, from: t, to: t };
+          groups.set(key, g);
+        }
+        g.values.push(value);
+        g.sum += value;
+        if (t < g.from) g.from = t;
+        if (t > g.to) g.to = t;
       }
-      g.values.push(value);
-      g.sum += value;
-      if (t > g.to) g.to = t;
     }
-    // Stable: series of one metric keep the order of their first sample.
-    const ordered = [...groups.values()].sort((a, b) => a.metric - b.metric);
+    // Stable: series of one metric with the same first sample keep the order they were first seen.
+    const ordered = [...groups.values()].sort((a, b) => a.metric - b.metric || a.from - b.from);
     return ordered.map((g) => {
       g.values.sort((a, b) => a - b);
       const n = g.values.length;
@@ -1251,30 +1341,55 @@ export class SinkStore {
 
   /**
    * Streams every sample of a run as CSV (header `metric,t,host,task,tags,value`; tags as JSON)
-   * to `write`, in chunks of up to 1,000 rows, ordered by metric name, then time, then arrival.
-   * Rows are read from an index as they are written out, never all loaded at once. `write` must
-   * not call back into this store (the connection is busy reading). Returns the row count.
+   * to `write`, in chunks of up to 1,000 rows, ordered by time, equal times in the order they
+   * arrived. Blocks are read window by window (5 s of the run) as they are written out: memory
+   * holds one window's samples, never the run. `write` must not call back into this store (the
+   * connection is busy reading). Returns the row count.
    */
   exportSamplesCsv(runId: string, write: (chunk: string) => void): number {
     this.#assertOpen();
     const run = this.#stmt.runKey.get(runId) as number | undefined;
     write('metric,t,host,task,tags,value\n');
     if (run === undefined) return 0;
+    const metricName = memo((id) => csvField(this.#stmt.metricName.get(id) as string));
+    const hostName = memo((id) => csvField(this.#stmt.hostName.get(id) as string));
+    const taskName = memo((id) => (id === 0 ? '' : csvField(this.#stmt.taskName.get(id) as string)));
+    const tagsText = memo((id) => csvField(this.#stmt.tagsJson.get(id) as string));
     let count = 0;
     let lines: string[] = [];
-    const metrics = this.#stmt.metricsByName.all() as Array<{ id: number; name: string }>;
-    for (const metric of metrics) {
-      const metricField = csvField(metric.name);
-      const rows = this.#stmt.exportMetric.iterate(run, metric.id) as IterableIterator<[number, string, string | null, string, number]>;
-      for (const [t, host, task, tags, value] of rows) {
-        lines.push(`${metricField},${t},${csvField(host)},${task === null ? '' : csvField(task)},${csvField(tags)},${value}\n`);
+    let window: Array<{ host: number; block: SampleBlock }> = [];
+    const flushWindow = () => {
+      const total = window.reduce((n, w) => n + w.block.count, 0);
+      // Samples in arrival order (block by block), then a stable sort by time.
+      const times = new Float64Array(total);
+      const owner = new Uint32Array(total);
+      const index = new Uint32Array(total);
+      let k = 0;
+      window.forEach((w, b) => {
+        for (let i = 0; i < w.block.count; i++, k++) {
+          times[k] = w.block.t0 + w.block.dts[i]!;
+          owner[k] = b;
+          index[k] = i;
+        }
+      });
+      const order = Array.from({ length: total }, (_, i) => i).sort((a, b) => times[a]! - times[b]! || a - b);
+      for (const k of order) {
+        const { host, block } = window[owner[k]!]!;
+        const i = index[k]!;
+        lines.push(`${metricName(block.metrics[i]!)},${times[k]},${hostName(host)},${taskName(block.tasks[i]!)},${tagsText(block.tags[i]!)},${block.values[i]}\n`);
         count++;
         if (lines.length === CSV_ROWS_PER_CHUNK) {
           write(lines.join(''));
           lines = [];
         }
       }
+      window = [];
+    };
+    for (const [host, t0, blockCount, data] of this.#stmt.blocksOfRun.iterate(run) as IterableIterator<[number, number, number, Buffer]>) {
+      if (window.length > 0 && window[0]!.block.t0 !== t0) flushWindow();
+      window.push({ host, block: decodeBlock(t0, blockCount, data) });
     }
+    if (window.length > 0) flushWindow();
     if (lines.length > 0) write(lines.join(''));
     return count;
   }
@@ -1331,6 +1446,7 @@ export class SinkStore {
     this.#runSeries.clear();
     this.#plainSeries.clear();
     this.#seriesCount = 0;
+    this.#runMetrics.clear();
   }
 
   #remember(cache: Map<string, number>, key: string, id: number): number {
@@ -1412,18 +1528,20 @@ export class SinkStore {
     if (batchRunId !== undefined) requireName(batchRunId, what, 'runId');
     if (this.#stmt.insertBatch.run(batchId, host, samples.length, Date.now()).changes === 0) return { duplicate: true, stored: 0 };
 
-    const insertSample = this.#stmt.insertSample;
+    // The batch's blocks (one per run and window; usually one or two) and the last one used.
+    const blocks = new Map<string, BlockBuilder>();
+    let block: BlockBuilder | undefined;
     // The batch's run and its bucket width, resolved at its first sample.
     let batchRun: number | null = null;
     let width = 0;
     for (let i = 0; i < samples.length; i++) {
       const s = samples[i];
       if (typeof s !== 'object' || s === null) badRecord(what, `samples[${i}]`, 'an object', s);
-      if (typeof s.t !== 'number' || !Number.isFinite(s.t)) badRecord(what, `samples[${i}].t`, 'a finite number', s.t);
+      if (typeof s.t !== 'number' || !(Math.abs(s.t) <= MAX_TIME_MS)) badRecord(what, `samples[${i}].t`, 'a time in epoch ms', s.t);
       if (typeof s.value !== 'number' || !Number.isFinite(s.value)) badRecord(what, `samples[${i}].value`, 'a finite number', s.value);
       if (typeof s.metric !== 'string' || s.metric === '') badRecord(what, `samples[${i}].metric`, 'a non-empty string', s.metric);
       if (s.runId !== undefined || s.taskId !== undefined) {
-        this.#ingestOwnRun(s, i, host, batchRunId, buckets);
+        this.#ingestOwnRun(s, i, batchRunId, blocks, buckets);
         continue;
       }
       if (batchRunId !== undefined && batchRun === null) {
@@ -1432,31 +1550,44 @@ export class SinkStore {
       }
       const run = batchRun;
       const series = this.#series(s, i, run);
-      let task: number | null = null;
-      if (run !== null && series.taskName !== undefined) {
+      let task = 0;
+      if (run !== null) {
         if (series.run !== run) {
-          series.task = this.#taskKey(run, series.taskName);
+          series.task = series.taskName === undefined ? 0 : this.#taskKey(run, series.taskName);
+          this.#listRunMetric(run, series.metric);
           series.run = run;
         }
         task = series.task;
       }
       const t = Math.round(s.t);
-      insertSample.run(run, task, host, series.metric, series.tags, t, s.value);
+      const t0 = blockStart(t);
+      if (block === undefined || block.run !== run || block.t0 !== t0) block = blockOf(blocks, run, t0);
+      block.add(series.metric, series.tags, task, t, s.value);
       if (run === null) continue;
       const start = Math.floor(t / width) * width;
       let delta = series.delta;
       if (delta === null || series.write !== this.#writes || delta.run !== run || delta.t !== start) {
-        delta = this.#bucketDelta(buckets, run, series.metric, task ?? 0, series.tags, start);
+        delta = this.#bucketDelta(buckets, run, series.metric, task, series.tags, start);
         series.delta = delta;
         series.write = this.#writes;
       }
       delta.values.push(s.value);
     }
+    for (const b of blocks.values()) this.#stmt.insertBlock.run(b.run, host, b.t0, b.count, b.encode());
     return { duplicate: false, stored: samples.length };
   }
 
+  /** Lists `metric` among the run's metrics (run_metrics), once per run and metric. */
+  #listRunMetric(run: number, metric: number): void {
+    const key = `${run} ${metric}`;
+    if (this.#runMetrics.has(key)) return;
+    if (this.#runMetrics.size >= MAX_CACHE_ENTRIES) this.#runMetrics.clear();
+    this.#stmt.insertRunMetric.run(run, metric);
+    this.#runMetrics.add(key);
+  }
+
   /** A sample that names its own run or task (collectors leave both to the batch). */
-  #ingestOwnRun(s: SampleInput, i: number, host: number, batchRunId: string | undefined, buckets: Map<string, BucketDelta>): void {
+  #ingestOwnRun(s: SampleInput, i: number, batchRunId: string | undefined, blocks: Map<string, BlockBuilder>, buckets: Map<string, BucketDelta>): void {
     const what = 'metrics batch';
     const field = `samples[${i}]`;
     let run: number | null = null;
@@ -1471,8 +1602,9 @@ export class SinkStore {
     const metric = this.#dimensionKey(this.#metricKeys, this.#stmt.metricKey, this.#stmt.insertMetric, s.metric);
     const tags = this.#dimensionKey(this.#tagKeys, this.#stmt.tagsKey, this.#stmt.insertTags, canonicalTags(s.tags, what, `${field}.tags`, run !== null));
     const t = Math.round(s.t);
-    this.#stmt.insertSample.run(run, task, host, metric, tags, t, s.value);
+    blockOf(blocks, run, blockStart(t)).add(metric, tags, task ?? 0, t, s.value);
     if (run === null) return;
+    this.#listRunMetric(run, metric);
     const width = this.#bucketWidth(run);
     this.#bucketDelta(buckets, run, metric, task ?? 0, tags, Math.floor(t / width) * width).values.push(s.value);
   }
@@ -1492,7 +1624,7 @@ export class SinkStore {
     const taskName = taskId === undefined ? undefined : requireName(taskId, what, `${field}.taskId`);
     const metric = this.#dimensionKey(this.#metricKeys, this.#stmt.metricKey, this.#stmt.insertMetric, s.metric);
     const tags = this.#dimensionKey(this.#tagKeys, this.#stmt.tagsKey, this.#stmt.insertTags, canonicalTags(s.tags, what, `${field}.tags`, run !== null));
-    const entry: SeriesEntry = { metric, tags, taskName, run: -1, task: null, delta: null, write: 0 };
+    const entry: SeriesEntry = { metric, tags, taskName, run: -1, task: 0, delta: null, write: 0 };
     // tagsText is null only for tags canonicalTags refuses, so here it is a string.
     if (this.#seriesCount >= MAX_CACHE_ENTRIES) {
       this.#runSeries.clear();
@@ -1646,6 +1778,7 @@ function migrate(db: Database.Database, file: string): void {
     for (const migration of MIGRATIONS) {
       if (migration.version <= current) continue;
       db.exec(migration.sql);
+      migration.migrate?.(db);
       record.run(migration.version, Date.now());
     }
   });
@@ -1779,6 +1912,17 @@ function compareTask(a: string | null, b: string | null): number {
   if (a === null) return -1;
   if (b === null) return 1;
   return compare(a, b);
+}
+
+/** The batch's block for a run and window, created when it has none yet. */
+function blockOf(blocks: Map<string, BlockBuilder>, run: number | null, t0: number): BlockBuilder {
+  const key = `${run} ${t0}`;
+  let block = blocks.get(key);
+  if (block === undefined) {
+    block = new BlockBuilder(run, t0);
+    blocks.set(key, block);
+  }
+  return block;
 }
 
 /** `fn` with its results remembered by argument. */

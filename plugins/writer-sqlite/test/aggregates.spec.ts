@@ -181,7 +181,7 @@ describe('writer-sqlite aggregates', () => {
       ]);
       const before = s.queryBuckets({ runId: 'run-1', metric: 'm' });
       const db = new Database(file);
-      db.prepare('DELETE FROM samples').run();
+      db.prepare('DELETE FROM sample_blocks').run();
       db.close();
       expect(s.queryBuckets({ runId: 'run-1', metric: 'm' })).to.deep.equal(before);
       expect(before).to.deep.equal([{ task: null, tags: {}, bucketMs: 1000, t: [1_000, 2_000], count: [2, 1], sum: [4, 5], min: [1, 5], mean: [2, 5], p50: [1, 5], p95: [3, 5], max: [3, 5] }]);

@@ -25,6 +25,16 @@ function dump(file: string): string[] {
   }
 }
 
+/** Samples stored, summed over the blocks that hold them. */
+function sampleCount(file: string): number {
+  const db = new Database(file, { readonly: true });
+  try {
+    return db.prepare('SELECT coalesce(sum(count), 0) FROM sample_blocks').pluck().get() as number;
+  } finally {
+    db.close();
+  }
+}
+
 function count(file: string, table: string): number {
   const db = new Database(file, { readonly: true });
   try {
@@ -123,7 +133,7 @@ describe('writer-sqlite SinkStore', () => {
       expect(dump(path.join(dir, 'other.sqlite'))).to.deep.equal([]);
     });
 
-    it('migrates a version 3 file: its samples are found per host through the time-ordered index', () => {
+    it('migrates a version 3 file: its sample rows are packed into blocks and answered as before', () => {
       open().close();
       store = undefined;
       rmSync(path.dirname(file), { recursive: true });
@@ -146,11 +156,14 @@ describe('writer-sqlite SinkStore', () => {
       expect(s.schemaVersion).to.equal(SCHEMA_VERSION);
       const db = new Database(file, { readonly: true });
       try {
-        const indexes = db.prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' ORDER BY name`).pluck().all();
-        expect(indexes).to.deep.equal(['samples_by_run_host_time', 'samples_by_run_metric']);
+        expect(db.prepare(`SELECT name FROM sqlite_master WHERE name = 'samples'`).all(), 'the row table is gone').to.deep.equal([]);
+        // Consecutive rows of one host and window share a block: h1, h2, h1.
+        expect(db.prepare('SELECT host, t0, count FROM sample_blocks ORDER BY rowid').raw().all()).to.deep.equal([[1, 0, 2], [2, 0, 1], [1, 0, 1]]);
       } finally {
         db.close();
       }
+      expect(s.listMetrics('old')).to.deep.equal(['cpu.busy', 'mem.used']);
+      expect(s.querySamples({ runId: 'old', metric: 'cpu.busy' }).map((x) => [x.host, x.t, x.values])).to.deep.equal([['h1', [1000, 2000], [1, 2]], ['h2', [1000], [9]]]);
       expect(s.querySamples({ runId: 'old', metric: 'cpu.busy', host: 'h1' })).to.deep.equal([{ host: 'h1', task: null, tags: {}, t: [1000, 2000], values: [1, 2] }]);
       expect(s.listRunHosts('old')).to.deep.equal(['h1', 'h2']);
       expect(s.summarizeHost('old', 'h1').map((r) => [r.metric, r.count, r.from, r.to, r.max])).to.deep.equal([['cpu.busy', 2, 1000, 2000, 2], ['mem.used', 1, 1000, 1000, 50]]);
@@ -187,7 +200,7 @@ describe('writer-sqlite SinkStore', () => {
       const before = dump(file);
       expect(s.ingestSamples('b1', 'h1', samples(0, 5))).to.deep.equal({ duplicate: true, stored: 0 });
       expect(dump(file)).to.deep.equal(before);
-      expect(count(file, 'samples')).to.equal(5);
+      expect(sampleCount(file)).to.equal(5);
     });
 
     it('drops the resent part of interleaved events and batches after a reconnect, keeps the new part', () => {
@@ -218,7 +231,7 @@ describe('writer-sqlite SinkStore', () => {
       ]);
 
       expect(count(file, 'events')).to.equal(4);
-      expect(count(file, 'samples')).to.equal(3 + 3 + 2 + 2 + 1);
+      expect(sampleCount(file)).to.equal(3 + 3 + 2 + 2 + 1);
       expect(count(file, 'ingested_batches')).to.equal(5);
       const series = s.querySamples({ runId: 'run-1', metric: 'cpu.busy' });
       expect(series.map((x) => [x.host, x.t])).to.deep.equal([
@@ -457,6 +470,32 @@ describe('writer-sqlite SinkStore', () => {
       expect(points({ runId: 'no-run', metric: 'cpu.busy' })).to.deep.equal([]);
     });
 
+    it('keeps a batch as one block per run and 5 s window at 24 bytes a sample, and answers in time order', () => {
+      const s = open();
+      // 1,000 samples from 12,490 down to 2,500 ms (windows 10,000, 5,000 and 0), newest first.
+      s.ingestSamples('b1', 'h1', Array.from({ length: 1000 }, (_, i) => ({ t: 12_490 - i * 10, metric: 'm', value: i })), 'run-1');
+      s.ingestSamples('b2', 'h1', [{ t: 12_490, metric: 'm', value: -1 }], 'run-1');
+      const db = new Database(file, { readonly: true });
+      try {
+        expect(db.prepare('SELECT t0, count, length(data) FROM sample_blocks ORDER BY rowid').raw().all()).to.deep.equal([
+          [10_000, 250, 6_000],
+          [5_000, 500, 12_000],
+          [0, 250, 6_000],
+          [10_000, 1, 24],
+        ]);
+      } finally {
+        db.close();
+      }
+      const [series] = s.querySamples({ runId: 'run-1', metric: 'm', host: 'h1' });
+      expect(series!.t).to.have.length(1001);
+      expect(series!.t.every((t, i) => i === 0 || series!.t[i - 1]! <= t), 'time order').to.equal(true);
+      expect(series!.t.slice(-2)).to.deep.equal([12_490, 12_490]);
+      expect(series!.values.slice(-2), 'equal times in arrival order').to.deep.equal([0, -1]);
+      expect(s.querySamples({ runId: 'run-1', metric: 'm', from: 4_990, to: 5_010 })[0]!.values).to.deep.equal([750, 749, 748]);
+      const err = expectBoltError(() => s.ingestSamples('b3', 'h1', [{ t: 1e300, metric: 'm', value: 1 }], 'run-1'), 'BOLT_ERR_STORE_BAD_RECORD');
+      expect(err.message).to.contain('samples[0].t');
+    });
+
     it('resolves a series once whatever the order of its tags, and keeps tag sets apart that differ only in where a key ends', () => {
       const s = open();
       const batch = (id: string, host: string, tagsOf: (i: number) => Record<string, string> | undefined) =>
@@ -477,10 +516,10 @@ describe('writer-sqlite SinkStore', () => {
       s.ingestBatches([{ batchId: 'b4', host: 'h1', samples: [{ t: 1, metric: 'disk.busy', value: 1, tags: { task: 'load', dev: 'vda' } }] }]);
       const err = expectBoltError(() => s.ingestBatches([{ batchId: 'b5', host: 'h1', runId: 'run-1', samples: [{ t: 1, metric: 'disk.busy', value: 1, tags: { task: 'load', dev: 'vda' } }, { t: 2, metric: 'disk.busy', value: 2, tags: { dev: 7 as unknown as string, task: 'load' } }] }]), 'BOLT_ERR_STORE_BAD_RECORD');
       expect(err.message).to.contain('samples[1].tags.dev');
-      expect(count(file, 'samples')).to.equal(13);
+      expect(sampleCount(file)).to.equal(13);
     });
 
-    it('exports every row of a run as CSV in chunks, ordered by metric, time and arrival', () => {
+    it('exports every row of a run as CSV in chunks, ordered by time and arrival', () => {
       const s = open();
       // 2,400 rows in batches that arrive out of time order, plus values needing CSV quoting.
       const hosts = ['h1', 'h,2', 'h"3'];
@@ -503,16 +542,12 @@ describe('writer-sqlite SinkStore', () => {
       expect(rows[0]).to.deep.equal(['metric', 't', 'host', 'task', 'tags', 'value']);
       const body = rows.slice(1);
       expect(body).to.have.length(2_400);
-      expect(body[0]).to.deep.equal(['a.first', '0', 'h1', 'hammer', '{"note":"x,\\"y\\""}', '0.5']);
-      expect(body.at(-1)).to.deep.equal(['z.last', '7049', 'h"3', '', '{}', '49']);
-      const order = body.map(([metric, t]) => [metric!, Number(t)] as const);
-      for (let i = 1; i < order.length; i++) {
-        const [pm, pt] = order[i - 1]!;
-        const [m, t] = order[i]!;
-        expect(pm < m || (pm === m && pt <= t), `row ${i + 1} is in order`).to.equal(true);
-      }
-      // Equal times keep the order of arrival (the hosts' batches came h1, h,2, h"3).
-      expect(body.slice(0, 3).map((r) => r[2])).to.deep.equal(hosts);
+      expect(body[0]).to.deep.equal(['z.last', '0', 'h1', '', '{}', '0']);
+      expect(body.at(-1)).to.deep.equal(['a.first', '7049', 'h"3', 'hammer', '{"note":"x,\\"y\\""}', '49.5']);
+      const times = body.map((r) => Number(r[1]));
+      for (let i = 1; i < times.length; i++) expect(times[i - 1]! <= times[i]!, `row ${i + 1} is in time order`).to.equal(true);
+      // Equal times keep the order of arrival (the hosts' batches came h1, h,2, h"3; z.last before a.first).
+      expect(body.slice(0, 6).map((r) => `${r[2]} ${r[0]}`)).to.deep.equal(hosts.flatMap((h) => [`${h} z.last`, `${h} a.first`]));
       expect(new Set(body.map((r) => `${r[0]} ${r[1]} ${r[2]}`)).size).to.equal(2_400);
 
       const empty: string[] = [];
