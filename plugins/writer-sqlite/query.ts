@@ -4,7 +4,7 @@
  * See README.md, "Metrics queries".
  */
 import { BoltError } from '../../plugin-sdk/src/errors.ts';
-import { BUCKET_STATS, type BucketStat, type MetricsAgg, type MetricsRequest, type MetricsView, type RawSeriesView } from './services.ts';
+import { BUCKET_STATS, type BucketStat, type MetricsAgg, type MetricsRequest, type MetricsView } from './services.ts';
 import { orderSummaryRows, type MetricSummary, type SinkStore } from './store.ts';
 
 /** Raw samples one `sink.metrics agg=raw` request may return, over all its metrics. */
@@ -66,10 +66,9 @@ export async function metricsView(store: SinkStore, data: unknown): Promise<Metr
   const req = parseMetricsRequest(data);
   const { runId, metric, host, task, from, to } = req;
   const agg = req.agg!;
-  const metrics = metric !== undefined ? [metric] : store.listMetrics(runId);
   if (agg === 'summary') {
     const rows: MetricSummary[] = [];
-    for (const name of metrics) {
+    for (const name of metric !== undefined ? [metric] : store.listMetrics(runId)) {
       rows.push(...store.summarizeFleet(runId, name));
       await yieldToEventLoop();
     }
@@ -81,17 +80,9 @@ export async function metricsView(store: SinkStore, data: unknown): Promise<Metr
   }
   const range = { ...(from !== undefined && { from }), ...(to !== undefined && { to }) };
   if (agg === 'raw') {
-    const series: RawSeriesView[] = [];
-    let budget = MAX_RAW_SAMPLES;
-    for (const name of metrics) {
-      const found = store.querySamples({ runId, metric: name, ...(host !== undefined && { host }), ...(task !== undefined && { taskId: task }), ...range, limit: budget });
-      for (const s of found) {
-        series.push({ metric: name, ...s });
-        budget -= s.t.length;
-      }
-    }
-    return series;
+    return store.querySamples({ runId, ...(metric !== undefined && { metric }), ...(host !== undefined && { host }), ...(task !== undefined && { taskId: task }), ...range, limit: MAX_RAW_SAMPLES });
   }
+  const metrics = metric !== undefined ? [metric] : store.listMetrics(runId);
   const buckets = metrics.flatMap((name) =>
     store.queryBuckets({ runId, metric: name, ...(task !== undefined && { taskId: task }), ...range }).map((series) => ({ metric: name, ...series })),
   );

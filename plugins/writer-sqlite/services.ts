@@ -82,8 +82,8 @@ export interface MetricsRequest {
   agg?: MetricsAgg;
 }
 
-/** One metric's raw series: one per host, task and tag set. */
-export type RawSeriesView = Series & { metric: string };
+/** One metric's raw series: one per host, task and tag set (Series names its metric). */
+export type RawSeriesView = Series;
 /** One metric's aggregate buckets across hosts, every statistic. */
 export type FleetSeriesView = BucketSeries & { metric: string };
 /** One statistic of one metric's aggregate buckets across hosts, as `t` and `values`. */

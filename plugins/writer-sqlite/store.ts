@@ -209,7 +209,8 @@ export interface IngestResult {
 
 export interface SampleQuery {
   runId: string;
-  metric: string;
+  /** Omitted: every metric (one pass over the blocks instead of one per metric). */
+  metric?: string;
   host?: string;
   taskId?: string;
   /** Inclusive bounds on t, epoch ms. */
@@ -221,6 +222,7 @@ export interface SampleQuery {
 
 /** One series: the points of one metric from one host in one task with one tag set, in time order. */
 export interface Series {
+  metric: string;
   host: string;
   /** The task of the samples; null for samples of the run outside any task. */
   task: string | null;
@@ -1088,15 +1090,15 @@ export class SinkStore {
   }
 
   /**
-   * The samples of one metric in one run, as one series per (host, task, tag set), series ordered
-   * by host, task (none first, then by name) and tags, points by time. Unknown run, metric, host or
-   * task: no series.
+   * The samples of one metric (or every metric) in one run, as one series per (metric, host, task,
+   * tag set), series ordered by metric, host, task (none first, then by name) and tags, points by
+   * time. Unknown run, metric, host or task: no series.
    */
   querySamples(query: SampleQuery): Series[] {
     this.#assertOpen();
     const run = this.#stmt.runKey.get(query.runId) as number | undefined;
-    const metric = this.#stmt.metricKey.get(query.metric) as number | undefined;
-    if (run === undefined || metric === undefined) return [];
+    const metric = query.metric === undefined ? undefined : (this.#stmt.metricKey.get(query.metric) as number | undefined);
+    if (run === undefined || (query.metric !== undefined && metric === undefined)) return [];
     const conditions = ['run = ?'];
     const params: unknown[] = [run];
     if (query.host !== undefined) {
@@ -1122,23 +1124,23 @@ export class SinkStore {
     }
     // One host: its own index; otherwise every host's blocks of the run in the time range.
     const sql = `SELECT host, t0, count, data FROM sample_blocks WHERE ${conditions.join(' AND ')} ORDER BY t0, rowid`;
-    const byKey = new Map<string, { host: number; task: number; tags: number; t: number[]; values: number[]; sorted: boolean }>();
+    const byKey = new Map<string, { metric: number; host: number; task: number; tags: number; t: number[]; values: number[]; sorted: boolean }>();
     let read = 0;
     for (const [host, t0, count, data] of this.#query(sql).iterate(...params) as IterableIterator<[number, number, number, Buffer]>) {
       const block = decodeBlock(t0, count, data);
       for (let i = 0; i < count; i++) {
-        if (block.metrics[i] !== metric || (task !== undefined && block.tasks[i] !== task)) continue;
+        if ((metric !== undefined && block.metrics[i] !== metric) || (task !== undefined && block.tasks[i] !== task)) continue;
         const t = t0 + block.dts[i]!;
         if (t < from || t > to) continue;
         if (query.limit !== undefined && ++read > query.limit) {
-          throw new BoltError('BOLT_ERR_METRICS_BAD_QUERY', `more than ${query.limit} samples of ${query.metric} match; narrow the query with host, from and to (or export them with bolt-core show RUN --metrics --csv)`, {
+          throw new BoltError('BOLT_ERR_METRICS_BAD_QUERY', `more than ${query.limit} samples of ${query.metric ?? 'the run'} match; narrow the query with host, from and to (or export them with bolt-core show RUN --metrics --csv)`, {
             details: { limit: query.limit },
           });
         }
-        const key = `${host}:${block.tasks[i]}:${block.tags[i]}`;
+        const key = `${block.metrics[i]}:${host}:${block.tasks[i]}:${block.tags[i]}`;
         let series = byKey.get(key);
         if (series === undefined) {
-          series = { host, task: block.tasks[i]!, tags: block.tags[i]!, t: [], values: [], sorted: true };
+          series = { metric: block.metrics[i]!, host, task: block.tasks[i]!, tags: block.tags[i]!, t: [], values: [], sorted: true };
           byKey.set(key, series);
         }
         if (series.t.length > 0 && t < series.t[series.t.length - 1]!) series.sorted = false;
@@ -1155,6 +1157,7 @@ export class SinkStore {
         s.values = order.map((i) => s.values[i]!);
       }
       return {
+        metric: this.#stmt.metricName.get(s.metric) as string,
         host: this.#stmt.hostName.get(s.host) as string,
         task: s.task === 0 ? null : (this.#stmt.taskName.get(s.task) as string),
         tagsJson: this.#stmt.tagsJson.get(s.tags) as string,
@@ -1162,8 +1165,8 @@ export class SinkStore {
         values: s.values,
       };
     });
-    result.sort((a, b) => compare(a.host, b.host) || compareTask(a.task, b.task) || compare(a.tagsJson, b.tagsJson));
-    return result.map((s) => ({ host: s.host, task: s.task, tags: JSON.parse(s.tagsJson) as Record<string, string>, t: s.t, values: s.values }));
+    result.sort((a, b) => compare(a.metric, b.metric) || compare(a.host, b.host) || compareTask(a.task, b.task) || compare(a.tagsJson, b.tagsJson));
+    return result.map((s) => ({ metric: s.metric, host: s.host, task: s.task, tags: JSON.parse(s.tagsJson) as Record<string, string>, t: s.t, values: s.values }));
   }
 
   /**

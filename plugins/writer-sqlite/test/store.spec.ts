@@ -164,7 +164,7 @@ describe('writer-sqlite SinkStore', () => {
       }
       expect(s.listMetrics('old')).to.deep.equal(['cpu.busy', 'mem.used']);
       expect(s.querySamples({ runId: 'old', metric: 'cpu.busy' }).map((x) => [x.host, x.t, x.values])).to.deep.equal([['h1', [1000, 2000], [1, 2]], ['h2', [1000], [9]]]);
-      expect(s.querySamples({ runId: 'old', metric: 'cpu.busy', host: 'h1' })).to.deep.equal([{ host: 'h1', task: null, tags: {}, t: [1000, 2000], values: [1, 2] }]);
+      expect(s.querySamples({ runId: 'old', metric: 'cpu.busy', host: 'h1' })).to.deep.equal([{ metric: 'cpu.busy', host: 'h1', task: null, tags: {}, t: [1000, 2000], values: [1, 2] }]);
       expect(s.listRunHosts('old')).to.deep.equal(['h1', 'h2']);
       expect(s.summarizeHost('old', 'h1').map((r) => [r.metric, r.count, r.from, r.to, r.max])).to.deep.equal([['cpu.busy', 2, 1000, 2000, 2], ['mem.used', 1, 1000, 1000, 50]]);
     });
@@ -288,9 +288,9 @@ describe('writer-sqlite SinkStore', () => {
       expect(s.ingestSamples('b0', 'h7', [{ t: 1, metric: 'other.metric', value: 7, runId: 'run-8', taskId: 'other', tags: { disk: 'vda' } }]).stored).to.equal(1);
       batch[4] = { t: 4_000, metric: 'cpu.busy', value: 4 };
       expect(s.ingestSamples('b1', 'h1', batch)).to.deep.equal({ duplicate: false, stored: 5 });
-      expect(s.querySamples({ runId: 'run-9', metric: 'brand.new.metric' })).to.deep.equal([{ host: 'h1', task: null, tags: { core: '1' }, t: [3_000], values: [1] }]);
+      expect(s.querySamples({ runId: 'run-9', metric: 'brand.new.metric' })).to.deep.equal([{ metric: 'brand.new.metric', host: 'h1', task: null, tags: { core: '1' }, t: [3_000], values: [1] }]);
       expect(s.querySamples({ runId: 'run-1', metric: 'cpu.busy', taskId: 'hammer' }).map((x) => [x.host, x.values])).to.deep.equal([['h1', [0, 1, 2]]]);
-      expect(s.querySamples({ runId: 'run-8', metric: 'other.metric' })).to.deep.equal([{ host: 'h7', task: 'other', tags: { disk: 'vda' }, t: [1], values: [7] }]);
+      expect(s.querySamples({ runId: 'run-8', metric: 'other.metric' })).to.deep.equal([{ metric: 'other.metric', host: 'h7', task: 'other', tags: { disk: 'vda' }, t: [1], values: [7] }]);
     });
 
     it('refuses a task status whose host counts do not add up', () => {
@@ -359,7 +359,7 @@ describe('writer-sqlite SinkStore', () => {
         ['h1', 'finished'],
         ['h2', 'finished'],
       ]);
-      expect(s.querySamples({ runId: 'run-crash', metric: 'cpu.busy' })).to.deep.equal([{ host: 'h1', task: 'hammer', tags: {}, t: [2_500], values: [42] }]);
+      expect(s.querySamples({ runId: 'run-crash', metric: 'cpu.busy' })).to.deep.equal([{ metric: 'cpu.busy', host: 'h1', task: 'hammer', tags: {}, t: [2_500], values: [42] }]);
     });
   });
 
@@ -420,7 +420,7 @@ describe('writer-sqlite SinkStore', () => {
       expect(count(file, 'metrics')).to.equal(1);
       expect(count(file, 'tag_sets')).to.equal(1);
       expect(count(file, 'hosts')).to.equal(1);
-      expect(r.querySamples({ runId: 'run-1', metric: 'cpu.busy' })).to.deep.equal([{ host: 'h1', task: 'hammer', tags: { core: '0' }, t: [10, 1_010, 2_010, 3_010], values: [0, 1, 2, 0] }]);
+      expect(r.querySamples({ runId: 'run-1', metric: 'cpu.busy' })).to.deep.equal([{ metric: 'cpu.busy', host: 'h1', task: 'hammer', tags: { core: '0' }, t: [10, 1_010, 2_010, 3_010], values: [0, 1, 2, 0] }]);
     });
   });
 
@@ -444,13 +444,15 @@ describe('writer-sqlite SinkStore', () => {
       const s = open();
       seed(s);
       expect(s.querySamples({ runId: 'run-1', metric: 'cpu.busy' })).to.deep.equal([
-        { host: 'h1', task: 'hammer', tags: { core: '0', node: 'a' }, t: [2_000], values: [12] },
-        { host: 'h1', task: 'hammer', tags: {}, t: [2_000], values: [11] },
-        { host: 'h1', task: 'install', tags: {}, t: [1_000], values: [10] },
-        { host: 'h2', task: 'hammer', tags: { core: '0', node: 'a' }, t: [2_500], values: [21] },
-        { host: 'h2', task: 'install', tags: {}, t: [1_500], values: [20] },
+        { metric: 'cpu.busy', host: 'h1', task: 'hammer', tags: { core: '0', node: 'a' }, t: [2_000], values: [12] },
+        { metric: 'cpu.busy', host: 'h1', task: 'hammer', tags: {}, t: [2_000], values: [11] },
+        { metric: 'cpu.busy', host: 'h1', task: 'install', tags: {}, t: [1_000], values: [10] },
+        { metric: 'cpu.busy', host: 'h2', task: 'hammer', tags: { core: '0', node: 'a' }, t: [2_500], values: [21] },
+        { metric: 'cpu.busy', host: 'h2', task: 'install', tags: {}, t: [1_500], values: [20] },
       ]);
-      expect(s.querySamples({ runId: 'run-2', metric: 'cpu.busy' })).to.deep.equal([{ host: 'h1', task: null, tags: {}, t: [9_000], values: [99] }]);
+      // Without a metric: every metric of the run, in one pass, ordered by metric first.
+      expect(s.querySamples({ runId: 'run-1', host: 'h1', taskId: 'hammer' }).map((x) => `${x.metric} ${x.values}`)).to.deep.equal(['cpu.busy 12', 'cpu.busy 11', 'mem.used 500']);
+      expect(s.querySamples({ runId: 'run-2', metric: 'cpu.busy' })).to.deep.equal([{ metric: 'cpu.busy', host: 'h1', task: null, tags: {}, t: [9_000], values: [99] }]);
     });
 
     it('filters by host, task and time (inclusive bounds)', () => {
