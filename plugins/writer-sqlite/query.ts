@@ -9,6 +9,11 @@ import { orderSummaryRows, type MetricSummary, type SinkStore } from './store.ts
 
 /** Raw samples one `sink.metrics agg=raw` request may return, over all its metrics. */
 export const MAX_RAW_SAMPLES = 500_000;
+/**
+ * Stored samples one `agg=raw` request may read to find its own (every metric of the hosts and
+ * time it covers): bounds a query for one metric across a large fleet to a few hundred ms.
+ */
+export const MAX_RAW_SCANNED = 10_000_000;
 
 const AGGS: ReadonlySet<string> = new Set<MetricsAgg>(['fleet', 'raw', 'summary', ...BUCKET_STATS]);
 const STATS: ReadonlySet<string> = new Set<string>(BUCKET_STATS);
@@ -80,7 +85,7 @@ export async function metricsView(store: SinkStore, data: unknown): Promise<Metr
   }
   const range = { ...(from !== undefined && { from }), ...(to !== undefined && { to }) };
   if (agg === 'raw') {
-    return store.querySamples({ runId, ...(metric !== undefined && { metric }), ...(host !== undefined && { host }), ...(task !== undefined && { taskId: task }), ...range, limit: MAX_RAW_SAMPLES });
+    return store.querySamples({ runId, ...(metric !== undefined && { metric }), ...(host !== undefined && { host }), ...(task !== undefined && { taskId: task }), ...range, limit: MAX_RAW_SAMPLES, maxScanned: MAX_RAW_SCANNED });
   }
   const metrics = metric !== undefined ? [metric] : store.listMetrics(runId);
   const buckets = metrics.flatMap((name) =>

@@ -218,6 +218,12 @@ export interface SampleQuery {
   to?: number;
   /** More matching samples than this: BOLT_ERR_METRICS_BAD_QUERY (after reading limit + 1 rows, no more). */
   limit?: number;
+  /**
+   * More samples read than this, matching or not: BOLT_ERR_METRICS_BAD_QUERY, before reading the
+   * block that would pass it. Blocks hold every metric of their host, so a query for one metric
+   * across all hosts reads the others too; this bounds the time such a query can take.
+   */
+  maxScanned?: number;
 }
 
 /** One series: the points of one metric from one host in one task with one tag set, in time order. */
@@ -1126,7 +1132,14 @@ export class SinkStore {
     const sql = `SELECT host, t0, count, data FROM sample_blocks WHERE ${conditions.join(' AND ')} ORDER BY t0, rowid`;
     const byKey = new Map<string, { metric: number; host: number; task: number; tags: number; t: number[]; values: number[]; sorted: boolean }>();
     let read = 0;
+    let scanned = 0;
     for (const [host, t0, count, data] of this.#query(sql).iterate(...params) as IterableIterator<[number, number, number, Buffer]>) {
+      scanned += count;
+      if (query.maxScanned !== undefined && scanned > query.maxScanned) {
+        throw new BoltError('BOLT_ERR_METRICS_BAD_QUERY', `the query for ${query.metric ?? 'every metric'} would read more than ${query.maxScanned} stored samples; narrow it with host, from and to (or export the run with bolt-core show RUN --metrics --csv)`, {
+          details: { maxScanned: query.maxScanned },
+        });
+      }
       const block = decodeBlock(t0, count, data);
       for (let i = 0; i < count; i++) {
         if ((metric !== undefined && block.metrics[i] !== metric) || (task !== undefined && block.tasks[i] !== task)) continue;

@@ -494,6 +494,10 @@ describe('writer-sqlite SinkStore', () => {
       expect(series!.t.slice(-2)).to.deep.equal([12_490, 12_490]);
       expect(series!.values.slice(-2), 'equal times in arrival order').to.deep.equal([0, -1]);
       expect(s.querySamples({ runId: 'run-1', metric: 'm', from: 4_990, to: 5_010 })[0]!.values).to.deep.equal([750, 749, 748]);
+      // Reading is bounded by the samples stored in the blocks, whatever the query matches.
+      expect(s.querySamples({ runId: 'run-1', metric: 'm', maxScanned: 1_001 })[0]!.t).to.have.length(1001);
+      const tooMuch = expectBoltError(() => s.querySamples({ runId: 'run-1', metric: 'm', maxScanned: 1_000 }), 'BOLT_ERR_METRICS_BAD_QUERY');
+      expect(tooMuch.message).to.contain('more than 1000 stored samples');
       const err = expectBoltError(() => s.ingestSamples('b3', 'h1', [{ t: 1e300, metric: 'm', value: 1 }], 'run-1'), 'BOLT_ERR_STORE_BAD_RECORD');
       expect(err.message).to.contain('samples[0].t');
     });
