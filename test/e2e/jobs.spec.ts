@@ -7,16 +7,13 @@
  * in its environment, so a command can behave differently on one host.
  */
 import { expect } from 'chai';
-import Database from 'better-sqlite3';
 import { readdirSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { serviceRequest } from '../../core/cli/admin-client.ts';
 import type { HostResult, RunView, TaskView } from '../../core/cli/run-view.ts';
-import { connectServer, type ServerApi } from '../../core/cli/server-api.ts';
 import { REPO } from '../helpers/core.ts';
-import { eventually, freePort, killCliProcesses, runCli, spawnBolt, type BoltProcess, type CliResult } from '../helpers/processes.ts';
+import { ProcessFleet, sinkRows, taskOf } from '../helpers/e2e-fleet.ts';
+import { eventually, killCliProcesses, runCli, type CliResult } from '../helpers/processes.ts';
 
 const JOBS = path.join(REPO, 'test', 'e2e', 'jobs');
 const NAMES = ['c0', 'c1', 'c2'];
@@ -98,12 +95,6 @@ function parseJson<T>(r: CliResult): T {
 
 const job = (name: string): string => path.join(JOBS, `${name}.yaml`);
 
-function task(run: RunView, taskId: string): TaskView {
-  const t = run.tasks.find((x) => x.taskId === taskId);
-  if (!t) throw new Error(`run ${run.runId} has no task ${taskId}: ${run.tasks.map((x) => x.taskId).join(', ')}`);
-  return t;
-}
-
 /** The task's per-host rows, sorted by host name. */
 function results(t: TaskView): HostResult[] {
   return [...(t.results ?? [])].sort((a, b) => a.host.localeCompare(b.host));
@@ -117,16 +108,6 @@ interface RunListEntry {
   scheduled: { scheduleId: string; schedule: string } | null;
 }
 
-/** Rows of the sink's SQLite file, read through a read-only connection of its own. */
-function sinkRows<T>(file: string, sql: string, ...params: unknown[]): T[] {
-  const db = new Database(file, { readonly: true, fileMustExist: true });
-  try {
-    return db.prepare(sql).all(...params) as T[];
-  } finally {
-    db.close();
-  }
-}
-
 const EVENTS_SQL = `SELECT h.name AS host, e.kind AS kind, e.message_id AS id FROM events e
   JOIN tasks t ON t.id = e.task JOIN runs r ON r.id = t.run JOIN hosts h ON h.id = e.host
   WHERE r.run_id = ? AND t.task_id = ? ORDER BY h.name, e.at`;
@@ -136,31 +117,9 @@ const EVENTS_SQL = `SELECT h.name AS host, e.kind AS kind, e.message_id AS id FR
  * its sink, a client 'early' (label e2e=early) that connects before the sink process does, then
  * the sink, then c0..c2.
  */
-class Fleet {
-  readonly split: boolean;
-  dir = '';
-  port = 0;
-  sinkPort = 0;
-  server: BoltProcess | undefined;
-  sink: BoltProcess | undefined;
-  readonly clients = new Map<string, BoltProcess>();
-  /** Every process started, replaced ones included, for the cleanup. */
-  private readonly all: BoltProcess[] = [];
-
+class Fleet extends ProcessFleet {
   constructor(split: boolean) {
-    this.split = split;
-  }
-
-  get serverData(): string {
-    return path.join(this.dir, 'server');
-  }
-
-  get sinkData(): string {
-    return path.join(this.dir, this.split ? 'sink' : 'server');
-  }
-
-  get sinkFile(): string {
-    return path.join(this.sinkData, 'plugins', 'writer-sqlite', 'sink.sqlite');
+    super(split, 'bolt-jobs-');
   }
 
   /** `--server` and `--data` for run, runs, show and cancel. */
@@ -168,70 +127,16 @@ class Fleet {
     return ['--server', `http://127.0.0.1:${this.port}`, '--data', this.serverData];
   }
 
-  private spawn(args: string[], env: NodeJS.ProcessEnv = {}): BoltProcess {
-    const p = spawnBolt(['start', '--config', path.join(this.dir, 'bolt.yaml'), ...args], { cwd: this.dir, env: { BOLT_LOG_LEVEL: 'info', ...env } });
-    this.all.push(p);
-    return p;
-  }
-
   async start(): Promise<void> {
-    this.dir = await mkdtemp(path.join(os.tmpdir(), 'bolt-jobs-'));
-    await writeFile(path.join(this.dir, 'bolt.yaml'), JSON.stringify(FAST_CONFIG));
-    this.port = await freePort();
-    this.sinkPort = await freePort();
+    await this.prepare(FAST_CONFIG);
     await this.startServer();
     if (this.split) {
-      this.startClient('early', ['--label', 'e2e=early']);
-      await this.waitHealthy(60_000, ['early']);
-      this.startSink();
-      await this.sink!.waitForOutput(/sink connected to the server/, 40_000);
+      this.startClient('early', ['--label', 'e2e=early'], undefined, { BOLT_E2E_HOST: 'early' });
+      await this.waitHealthy(['early'], 60_000);
+      await this.startSinkAndWait();
     }
-    for (const [i, name] of NAMES.entries()) this.startClient(name, ['--label', 'e2e=jobs', '--label', `index=${i}`]);
-    await this.waitHealthy(60_000);
-  }
-
-  private startClient(name: string, labelArgs: string[]): void {
-    this.clients.set(name, this.spawn([
-      '--role', 'client', '--server', `ws://127.0.0.1:${this.port}`, '--data', path.join(this.dir, name), '--name', name, ...labelArgs,
-    ], { BOLT_E2E_HOST: name }));
-  }
-
-  /** Starts (or starts again, same data dir and ports) the server and waits until it runs. */
-  async startServer(): Promise<void> {
-    const roleArgs = this.split ? ['--role', 'server'] : ['--sink-port', String(this.sinkPort)];
-    this.server = this.spawn(['--data', this.serverData, '--port', String(this.port), ...roleArgs, '--auto-accept', '--listen', '127.0.0.1']);
-    await this.server.waitForOutput(/"msg":"bolt-core server[^"]* started/, 40_000);
-  }
-
-  /** Starts (or starts again, same data dir and port) the separate sink. */
-  startSink(): void {
-    this.sink = this.spawn(['--role', 'sink', '--server', `ws://127.0.0.1:${this.port}`, '--data', this.sinkData,
-      '--sink-port', String(this.sinkPort), '--listen', '127.0.0.1', '--auto-accept']);
-  }
-
-  /** The server's API; the token is read again each time (the server may have been restarted). */
-  async api(): Promise<ServerApi> {
-    const token = (await readFile(path.join(this.serverData, 'plugins', 'transport-ws', 'api-token'), 'utf8')).trim();
-    return connectServer(`http://127.0.0.1:${this.port}`, token);
-  }
-
-  /** The sink's API (runs and results as the sink stored them). */
-  async sinkApi(): Promise<ServerApi> {
-    const token = (await readFile(path.join(this.sinkData, 'plugins', 'transport-ws', 'api-token'), 'utf8')).trim();
-    return connectServer(`http://127.0.0.1:${this.sinkPort}`, token);
-  }
-
-  /** Waits until c0..c2 (or `names`) are connected and healthy. */
-  async waitHealthy(timeoutMs = 30_000, names = NAMES): Promise<void> {
-    await eventually(async () => {
-      const hosts = await (await this.api()).get<{ name: string; state: string; connected: boolean }[]>('/api/hosts');
-      return names.every((n) => hosts.some((h) => h.name === n && h.state === 'healthy' && h.connected)) ? true : undefined;
-    }, timeoutMs, `${names.join(', ')} healthy`);
-  }
-
-  /** The id of the newest run of `jobName`, once the server lists it. */
-  async runIdOf(jobName: string, timeoutMs = 15_000): Promise<string> {
-    return eventually(async () => (await (await this.api()).get<RunListEntry[]>('/api/runs')).find((r) => r.job === jobName)?.runId, timeoutMs, `a run of ${jobName}`);
+    for (const [i, name] of NAMES.entries()) this.startClient(name, ['--label', 'e2e=jobs', '--label', `index=${i}`], undefined, { BOLT_E2E_HOST: name });
+    await this.waitHealthy(NAMES, 60_000);
   }
 
   async run(runId: string): Promise<RunView> {
@@ -268,11 +173,6 @@ class Fleet {
     const wanted = JSON.stringify(Object.entries(expected).sort());
     await eventually(() => (JSON.stringify(Object.entries(this.sleepsPerHost(text)).sort()) === wanted ? true : undefined), 15_000, what);
   }
-
-  async stop(): Promise<void> {
-    await Promise.all(this.all.map((p) => p.kill()));
-    if (this.dir) await rm(this.dir, { recursive: true, force: true });
-  }
 }
 
 /** A fleet started before the describe's tests and stopped (with every CLI and leftover process) after them. */
@@ -295,12 +195,12 @@ describe('jobs end to end: one server with its sink, three client processes, bol
   const fleet = fleetFor(false);
 
   it('runs a three-task DAG on three clients in order, with each host\'s output, exit 0', async () => {
-    await fleet.waitHealthy();
+    await fleet.waitHealthy(NAMES);
     const r = await runCli(['run', job('dag'), ...fleet.flags, '--no-progress', '--json']).result;
     expect(r.code, r.stderr).to.equal(0);
     const run = parseJson<RunView>(r);
     expect(run.state).to.equal('succeeded');
-    const chain = ['first', 'second', 'third'].map((id) => task(run, id));
+    const chain = ['first', 'second', 'third'].map((id) => taskOf(run, id));
     for (const t of chain) {
       expect(t.state, t.taskId).to.equal('succeeded');
       expect(t.hosts, t.taskId).to.include({ total: 3, started: 3, finished: 3, failed: 0, timedout: 0 });
@@ -316,7 +216,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
     }
     const shown = await fleet.show(run.runId);
     expect(shown.state).to.equal('succeeded');
-    expect(results(task(shown, 'third')).map((h) => h.stdoutTail)).to.deep.equal(NAMES.map((n) => `third on ${n}\n`));
+    expect(results(taskOf(shown, 'third')).map((h) => h.stdoutTail)).to.deep.equal(NAMES.map((n) => `third on ${n}\n`));
     // The sink keeps the run as the server ran it: job name, the parsed job, and its end.
     const sink = await fleet.sinkApi();
     const stored = await eventually(async () => (await sink.get<{ id: string; jobName: string | null; state: string; finishedAt: number | null }[]>('/api/runs?job=e2e-dag'))
@@ -328,47 +228,47 @@ describe('jobs end to end: one server with its sink, three client processes, bol
   });
 
   it('fails a task whose command fails and cancels its dependents without dispatching them, exit 1', async () => {
-    await fleet.waitHealthy();
+    await fleet.waitHealthy(NAMES);
     const r = await runCli(['run', job('fail'), ...fleet.flags, '--no-progress', '--json']).result;
     expect(r.code, r.stderr).to.equal(1);
     const run = parseJson<RunView>(r);
     expect(run.state).to.equal('failed');
-    const boom = task(run, 'boom');
+    const boom = taskOf(run, 'boom');
     expect(boom.state).to.equal('failed');
     expect(boom.hosts).to.include({ total: 3, finished: 0, failed: 3 });
     expect(results(boom).map((h) => [h.host, h.state, h.exitCode, h.stdoutTail]))
       .to.deep.equal(NAMES.map((n) => [n, 'failed', 3, `about to fail on ${n}\n`]));
     for (const id of ['after-boom', 'after-after']) {
-      const t = task(run, id);
+      const t = taskOf(run, id);
       expect(t.state, id).to.equal('cancelled');
       expect(t.dispatchedAt ?? null, id).to.equal(null);
       expect(t.attempts ?? [], id).to.deep.equal([]);
       expect(t.results ?? [], id).to.deep.equal([]);
     }
     // A task that does not need the failed one still ran.
-    expect(task(run, 'aside').state).to.equal('succeeded');
+    expect(taskOf(run, 'aside').state).to.equal('succeeded');
     // The sink never heard of the cancelled tasks: no dispatch, no event.
     const sinkTasks = sinkRows<{ task_id: string }>(fleet.sinkFile, 'SELECT t.task_id FROM tasks t JOIN runs r ON r.id = t.run WHERE r.run_id = ? ORDER BY t.task_id', run.runId);
     expect(sinkTasks.map((t) => t.task_id)).to.deep.equal(['aside', 'boom']);
   });
 
   it('tolerates one failing host with failure.maxFailedHosts: 1, exit 0', async () => {
-    await fleet.waitHealthy();
+    await fleet.waitHealthy(NAMES);
     const r = await runCli(['run', job('tolerate'), ...fleet.flags, '--no-progress', '--json']).result;
     expect(r.code, r.stderr).to.equal(0);
     const run = parseJson<RunView>(r);
     expect(run.state).to.equal('succeeded');
-    const flaky = task(run, 'flaky');
+    const flaky = taskOf(run, 'flaky');
     expect(flaky.state).to.equal('succeeded');
     expect(flaky.hosts).to.include({ total: 3, finished: 2, failed: 1 });
     expect(results(flaky).map((h) => [h.host, h.state, h.exitCode])).to.deep.equal([['c0', 'finished', 0], ['c1', 'finished', 0], ['c2', 'failed', 7]]);
     expect(results(flaky)[2]!.stderrTail).to.equal('failing on purpose\n');
-    expect(task(run, 'next').state).to.equal('succeeded');
-    expect(task(run, 'next').hosts).to.include({ total: 3, finished: 3 });
+    expect(taskOf(run, 'next').state).to.equal('succeeded');
+    expect(taskOf(run, 'next').hosts).to.include({ total: 3, finished: 3 });
   });
 
   it('ends the whole process tree of a command that times out: no orphan left, exit 1', async () => {
-    await fleet.waitHealthy();
+    await fleet.waitHealthy(NAMES);
     const mark = marker(1);
     const running = runCli(['run', job('timeout'), ...fleet.flags, '--var', `mark=300.${mark}`, '--no-progress', '--json']);
     // Each host's shell starts two sleeps: one in the background, one in the foreground.
@@ -378,7 +278,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
     expect(commandsWith(mark), 'processes of the timed-out command still running').to.deep.equal([]);
     const run = parseJson<RunView>(r);
     expect(run.state).to.equal('failed');
-    const hang = task(run, 'hang');
+    const hang = taskOf(run, 'hang');
     expect(hang.state).to.equal('failed');
     expect(hang.hosts).to.include({ total: 3, finished: 0, timedout: 3 });
     expect(results(hang).map((h) => [h.host, h.state])).to.deep.equal(NAMES.map((n) => [n, 'timedout']));
@@ -386,7 +286,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
   });
 
   it('cancels a run: the commands stop on every host and the waiting task is never sent', async () => {
-    await fleet.waitHealthy();
+    await fleet.waitHealthy(NAMES);
     const mark = marker(2);
     const running = runCli(['run', job('cancel'), ...fleet.flags, '--var', `mark=300.${mark}`, '--no-progress', '--json']);
     await fleet.waitSleeps(mark, { c0: 1, c1: 1, c2: 1 }, 'a sleep on each of three hosts');
@@ -402,17 +302,17 @@ describe('jobs end to end: one server with its sink, three client processes, bol
     const goneAfterMs = Date.now() - cancelledAt;
     const run = await eventually(async () => {
       const v = await fleet.run(runId);
-      return results(task(v, 'long')).filter((h) => h.state === 'cancelled').length === 3 ? v : undefined;
+      return results(taskOf(v, 'long')).filter((h) => h.state === 'cancelled').length === 3 ? v : undefined;
     }, 15_000, 'every host of long reported cancelled');
-    expect(results(task(run, 'long')).map((h) => h.host)).to.deep.equal(NAMES);
-    expect(task(run, 'never').state).to.equal('cancelled');
-    expect(task(run, 'never').attempts ?? []).to.deep.equal([]);
+    expect(results(taskOf(run, 'long')).map((h) => h.host)).to.deep.equal(NAMES);
+    expect(taskOf(run, 'never').state).to.equal('cancelled');
+    expect(taskOf(run, 'never').attempts ?? []).to.deep.equal([]);
     // SIGTERM ends a sleep at once; the 2 s SIGKILL grace should not be needed.
     expect(goneAfterMs).to.be.below(5000);
   });
 
   it('starts runs of a cron-scheduled job on schedule (every 2 s) until the schedule is removed', async () => {
-    await fleet.waitHealthy();
+    await fleet.waitHealthy(NAMES);
     const r = await runCli(['run', job('cron'), ...fleet.flags, '--json']).result;
     expect(r.code, r.stderr).to.equal(0);
     const scheduled = parseJson<{ scheduleId: string; job: string; schedule: string; nextRunAt: number | null }>(r);
@@ -443,7 +343,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
   });
 
   it('finishes a run after the server is killed mid-task and started again; the clients come back by themselves', async () => {
-    await fleet.waitHealthy();
+    await fleet.waitHealthy(NAMES);
     const mark = marker(3);
     const running = runCli(['run', job('restart'), ...fleet.flags, '--var', `pause=5.${mark}`, '--no-progress', '--json']);
     await fleet.waitSleeps(mark, { c0: 1, c1: 1, c2: 1 }, 'slow running on three hosts');
@@ -459,10 +359,10 @@ describe('jobs end to end: one server with its sink, three client processes, bol
       const v = await fleet.run(runId);
       return v.state === 'running' ? undefined : v;
     }, 30_000, `run ${runId} ended`);
-    const after = task(run, 'after');
+    const after = taskOf(run, 'after');
     const transport = (after.attempts as { transport?: { sent: string[]; skipped: { id: string; reason: string }[] } | null }[] | undefined)?.map((a) => a.transport);
     expect(run.state, `tasks: ${JSON.stringify(run.tasks.map((t) => [t.taskId, t.state, t.hosts]))}; transport.dispatch answers for after: ${JSON.stringify(transport)}`).to.equal('succeeded');
-    const slow = task(run, 'slow');
+    const slow = taskOf(run, 'slow');
     expect(slow.attempts, 'slow was dispatched again').to.have.length(1);
     expect(slow.hosts).to.include({ total: 3, finished: 3 });
     expect(results(slow).map((h) => [h.host, h.state, h.stdoutTail])).to.deep.equal(NAMES.map((n) => [n, 'finished', `slow on ${n}\n`]));
@@ -472,7 +372,7 @@ describe('jobs end to end: one server with its sink, three client processes, bol
   });
 
   it('reports a client killed mid-task as lost: the task fails, unless maxFailedHosts allows one', async () => {
-    await fleet.waitHealthy();
+    await fleet.waitHealthy(NAMES);
     const mark = marker(4);
     const running = runCli(['run', job('lost'), ...fleet.flags, '--var', `mark=300.${mark}`, '--no-progress', '--json']);
     // Both tasks sleep on c0 only; the other hosts finish them at once.
@@ -485,8 +385,8 @@ describe('jobs end to end: one server with its sink, three client processes, bol
     expect(r.code, r.stderr).to.equal(1);
     const run = parseJson<RunView>(r);
     expect(run.state).to.equal('failed');
-    const strict = task(run, 'strict');
-    const tolerant = task(run, 'tolerant');
+    const strict = taskOf(run, 'strict');
+    const tolerant = taskOf(run, 'tolerant');
     expect(strict.state).to.equal('failed');
     expect(tolerant.state).to.equal('succeeded');
     for (const t of [strict, tolerant]) {
@@ -540,8 +440,8 @@ describe('jobs end to end with a separate sink process (--role server, --role si
     expect(r.code, r.stderr).to.equal(0);
     const run = parseJson<RunView>(r);
     expect(run.state).to.equal('succeeded');
-    expect(task(run, 'work').hosts).to.include({ total: 3, started: 3, finished: 3, failed: 0 });
-    expect(task(run, 'check').state).to.equal('succeeded');
+    expect(taskOf(run, 'work').hosts).to.include({ total: 3, started: 3, finished: 3, failed: 0 });
+    expect(taskOf(run, 'check').state).to.equal('succeeded');
     const rows = sinkRows<{ host: string; state: string; exit_code: number; stdout_tail: string }>(fleet.sinkFile,
       `SELECT h.name AS host, hr.state, hr.exit_code, hr.stdout_tail FROM host_results hr JOIN tasks t ON t.id = hr.task
        JOIN runs r ON r.id = t.run JOIN hosts h ON h.id = hr.host WHERE r.run_id = ? AND t.task_id = ? ORDER BY h.name`, runId, 'work');

@@ -10,17 +10,16 @@
  * and reporting how many (bolt.dropped_samples).
  */
 import { expect } from 'chai';
-import Database from 'better-sqlite3';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { serviceRequest } from '../../core/cli/admin-client.ts';
-import type { RunView, TaskView } from '../../core/cli/run-view.ts';
-import { connectServer, type ServerApi } from '../../core/cli/server-api.ts';
+import type { RunView } from '../../core/cli/run-view.ts';
 import type { RawSeriesView } from '../../plugins/writer-sqlite/services.ts';
 import { REPO } from '../helpers/core.ts';
-import { eventually, freePort, killCliProcesses, runCli, spawnBolt, type BoltProcess, type CliResult } from '../helpers/processes.ts';
+import { ProcessFleet, sinkRows, taskOf } from '../helpers/e2e-fleet.ts';
+import { eventually, killCliProcesses, runCli, type CliResult } from '../helpers/processes.ts';
 
 const JOBS = path.join(REPO, 'test', 'e2e', 'metrics');
 const NAMES = ['m0', 'm1', 'm2'];
@@ -55,22 +54,6 @@ function parseRun(r: CliResult): RunView {
     return JSON.parse(r.stdout) as RunView;
   } catch {
     throw new Error(`bolt-core run exited ${r.code} without JSON on stdout:\n${r.stdout.slice(-2000)}\nstderr:\n${r.stderr.slice(-2000)}`);
-  }
-}
-
-function task(run: RunView, taskId: string): TaskView {
-  const t = run.tasks.find((x) => x.taskId === taskId);
-  if (!t) throw new Error(`run ${run.runId} has no task ${taskId}`);
-  return t;
-}
-
-/** Rows of the sink's SQLite file, through a read-only connection of its own. */
-function sinkRows<T>(file: string, sql: string, ...params: unknown[]): T[] {
-  const db = new Database(file, { readonly: true, fileMustExist: true });
-  try {
-    return db.prepare(sql).all(...params) as T[];
-  } finally {
-    db.close();
   }
 }
 
@@ -210,86 +193,22 @@ interface CollectorStats {
 }
 
 /** Server, separate sink and the clients m0..m2, in a temp dir; more clients on demand. */
-class Fleet {
-  dir = '';
-  port = 0;
-  sinkPort = 0;
-  sink: BoltProcess | undefined;
-  readonly clients = new Map<string, BoltProcess>();
-  private readonly all: BoltProcess[] = [];
-
-  get serverData(): string {
-    return path.join(this.dir, 'server');
-  }
-
-  get sinkData(): string {
-    return path.join(this.dir, 'sink');
-  }
-
-  get sinkFile(): string {
-    return path.join(this.sinkData, 'plugins', 'writer-sqlite', 'sink.sqlite');
-  }
-
-  clientData(name: string): string {
-    return path.join(this.dir, name);
-  }
-
-  private spawn(args: string[], config = 'bolt.yaml', env: NodeJS.ProcessEnv = {}): BoltProcess {
-    const p = spawnBolt(['start', '--config', path.join(this.dir, config), ...args], { cwd: this.dir, env: { BOLT_LOG_LEVEL: 'info', ...env } });
-    this.all.push(p);
-    return p;
+class Fleet extends ProcessFleet {
+  constructor() {
+    super(true, 'bolt-metrics-');
   }
 
   async start(): Promise<void> {
-    this.dir = await mkdtemp(path.join(os.tmpdir(), 'bolt-metrics-'));
-    await writeFile(path.join(this.dir, 'bolt.yaml'), JSON.stringify(CONFIG));
-    this.port = await freePort();
-    this.sinkPort = await freePort();
-    const server = this.spawn(['--role', 'server', '--data', this.serverData, '--port', String(this.port), '--auto-accept', '--listen', '127.0.0.1']);
-    await server.waitForOutput(/"msg":"bolt-core server[^"]* started/, 40_000);
-    this.startSink();
-    await this.sink!.waitForOutput(/sink connected to the server/, 40_000);
+    await this.prepare(CONFIG);
+    await this.startServer();
+    await this.startSinkAndWait();
     for (const name of NAMES) this.startClient(name, ['--label', 'e2e=metrics']);
     await this.waitHealthy(NAMES, 60_000);
-  }
-
-  startClient(name: string, labelArgs: string[], config?: string): BoltProcess {
-    const p = this.spawn(['--role', 'client', '--server', `ws://127.0.0.1:${this.port}`, '--data', this.clientData(name), '--name', name, ...labelArgs], config);
-    this.clients.set(name, p);
-    return p;
-  }
-
-  /** Starts (or starts again, same data dir and port) the separate sink. */
-  startSink(): void {
-    this.sink = this.spawn(['--role', 'sink', '--server', `ws://127.0.0.1:${this.port}`, '--data', this.sinkData,
-      '--sink-port', String(this.sinkPort), '--listen', '127.0.0.1', '--auto-accept']);
-  }
-
-  async api(): Promise<ServerApi> {
-    const token = (await readFile(path.join(this.serverData, 'plugins', 'transport-ws', 'api-token'), 'utf8')).trim();
-    return connectServer(`http://127.0.0.1:${this.port}`, token);
-  }
-
-  /** The sink's own HTTP API, with the token from the sink's data dir. */
-  async sinkApi(): Promise<ServerApi> {
-    const token = (await readFile(path.join(this.sinkData, 'plugins', 'transport-ws', 'api-token'), 'utf8')).trim();
-    return connectServer(`http://127.0.0.1:${this.sinkPort}`, token);
   }
 
   /** Every raw sample of a run at the sink, one series per metric, host, task and tag set. */
   async samples(runId: string): Promise<RawSeriesView[]> {
     return (await this.sinkApi()).get<RawSeriesView[]>(`/api/runs/${encodeURIComponent(runId)}/metrics?agg=raw`);
-  }
-
-  async waitHealthy(names: string[], timeoutMs = 30_000): Promise<void> {
-    await eventually(async () => {
-      const hosts = await (await this.api()).get<{ name: string; state: string; connected: boolean }[]>('/api/hosts');
-      return names.every((n) => hosts.some((h) => h.name === n && h.state === 'healthy' && h.connected)) ? true : undefined;
-    }, timeoutMs, `${names.join(', ')} healthy`);
-  }
-
-  async runIdOf(jobName: string): Promise<string> {
-    return eventually(async () => (await (await this.api()).get<{ runId: string; job: string }[]>('/api/runs')).find((r) => r.job === jobName)?.runId, 15_000, `a run of ${jobName}`);
   }
 
   /** `bolt-core run JOB --json` against the server. */
@@ -299,11 +218,6 @@ class Fleet {
 
   collectorStats(name: string): Promise<CollectorStats> {
     return serviceRequest<CollectorStats>(this.clientData(name), 'collector-system.stats');
-  }
-
-  async stop(): Promise<void> {
-    await Promise.all(this.all.map((p) => p.kill()));
-    if (this.dir) await rm(this.dir, { recursive: true, force: true });
   }
 }
 
@@ -341,7 +255,7 @@ describe('host metrics end to end: server, separate sink and three clients as pr
     };
 
     for (const taskId of ['base', 'net']) {
-      const t = task(run, taskId);
+      const t = taskOf(run, taskId);
       expect(t.startAt, `${taskId} startAt`).to.be.a('number');
       const openAt = t.startAt! - START_MARGIN_MS;
       const finals = finalEventAt(fleet.sinkFile, run.runId, taskId);
@@ -386,7 +300,7 @@ describe('host metrics end to end: server, separate sink and three clients as pr
     expect(r.code, r.stderr).to.equal(0);
     const run = parseRun(r);
     expect(run.state).to.equal('succeeded');
-    const long = task(run, 'long');
+    const long = taskOf(run, 'long');
     const finals = finalEventAt(fleet.sinkFile, runId, 'long');
     const series = await delivered(fleet, runId, sentBefore, 20_000);
 
@@ -448,7 +362,7 @@ describe('host metrics end to end: server, separate sink and three clients as pr
     expect(r.code, r.stderr).to.equal(0);
     const run = parseRun(r);
     expect(run.state).to.equal('succeeded');
-    const fill = task(run, 'fill');
+    const fill = taskOf(run, 'fill');
     const series = await delivered(fleet, runId, new Map([[name, 0]]), 30_000);
     const after = await fleet.collectorStats(name);
     expect(after.stream.added, 'samples taken after the window closed').to.equal(before.stream.added);
