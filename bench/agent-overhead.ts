@@ -5,7 +5,8 @@
  *   node --import tsx bench/agent-overhead.ts [--seconds 60] [--client-env NAME=VALUE]...
  *
  * 1. A real server (`bolt-core start --auto-accept`, server + embedded sink, loopback) and a real
- *    client (`bolt-core start --role client`) running the client plugins a real agent loads:
+ *    client (`bolt-core start --role client`, started through bin/bolt-core as a user starts it,
+ *    with the launcher's settings) running the client plugins a real agent loads:
  *    transport-ws, action-shell, action-sleep, action-mark, collector-system, collector-process
  *    (no processes configured), each from a snapshot of plugins/ so edits to the working tree
  *    cannot hot-reload them mid-measurement.
@@ -238,8 +239,8 @@ async function main(): Promise<void> {
   const clientDir = scratchDir('bolt-bench-agent-');
   const clientPlugins = snapshotPlugins(clientDir, CLIENT_PLUGINS);
   fs.writeFileSync(path.join(clientDir, 'bolt.yaml'), '{}\n');
-  const client = startGroup(process.execPath, [
-    BIN, 'start', '--role', 'client', '--server', `ws://127.0.0.1:${server.port}`, '--data', path.join(clientDir, 'data'),
+  const client = startGroup(BIN, [
+    'start', '--role', 'client', '--server', `ws://127.0.0.1:${server.port}`, '--data', path.join(clientDir, 'data'),
     '--plugins', clientPlugins, '--config', path.join(clientDir, 'bolt.yaml'), '--name', 'bench-agent', '--log-level', 'info',
   ], path.join(clientDir, 'client.log'), CLIENT_ENV);
   const clientPid = client.pid!;
@@ -311,7 +312,7 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     node: process.version,
     cores: (await import('node:os')).cpus().length,
-    code: codeVersion(['core', 'plugin-sdk/src', 'bench/agent-overhead.ts', ...CLIENT_PLUGINS.map((p) => `plugins/${p}`)]),
+    code: codeVersion(['bin', 'core', 'plugin-sdk/src', 'bench/agent-overhead.ts', ...CLIENT_PLUGINS.map((p) => `plugins/${p}`)]),
     windowSeconds: SECONDS,
     clientEnv: CLIENT_ENV,
     interval: '1s',

@@ -56,7 +56,7 @@ export class Core {
     const cacheDir = path.join(dataDir, 'cache');
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
     const configFile = path.resolve(opts.configFile ?? 'bolt.yaml');
-    const config = await loadConfig(configFile);
+    const config = await loadConfig(configFile, opts.roles);
     const [runtimeUrl, poolEntryUrl] = await Promise.all([
       bundlePlugin(fileURLToPath(new URL('./host/runtime.ts', import.meta.url)), cacheDir, 'bolt-runtime'),
       bundlePlugin(fileURLToPath(new URL('./host/pool-entry.ts', import.meta.url)), cacheDir, 'bolt-pool-entry'),

@@ -231,8 +231,9 @@ export class BoltServer {
     fs.writeFileSync(configFile, JSON.stringify(options.config ?? {}, null, 2));
     const logFile = path.join(dir, 'server.log');
     const logFd = fs.openSync(logFile, 'a');
-    const child = spawn(process.execPath, [
-      BIN, 'start', '--data', path.join(dir, 'data'), '--plugins', pluginsDir, '--config', configFile, '--port', String(port), '--sink-port', String(sinkPort),
+    // Through bin/bolt-core, as shipped (its launcher's node and malloc settings).
+    const child = spawn(BIN, [
+      'start', '--data', path.join(dir, 'data'), '--plugins', pluginsDir, '--config', configFile, '--port', String(port), '--sink-port', String(sinkPort),
       '--auto-accept', '--listen', '127.0.0.1', '--log-level', options.logLevel ?? 'info',
     ], { cwd: dir, detached: true, stdio: ['ignore', logFd, logFd] });
     fs.closeSync(logFd);

@@ -33,10 +33,10 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** A `bolt-core start` child whose log goes to a file. */
+/** A `bolt-core start` child through bin/bolt-core (its launcher's settings, as a user starts one), its log to a file. */
 function startProcess(args: string[], logFile: string): ChildProcess {
   const log = createWriteStream(logFile, { flags: 'a' });
-  const child = spawn(process.execPath, [BIN, 'start', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BOLT_LOG_LEVEL: process.env.BOLT_LOG_LEVEL ?? 'info' } });
+  const child = spawn(BIN, ['start', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BOLT_LOG_LEVEL: process.env.BOLT_LOG_LEVEL ?? 'info' } });
   child.stdout!.pipe(log);
   child.stderr!.pipe(log);
   return child;

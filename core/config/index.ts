@@ -27,9 +27,20 @@ export interface SupervisorSettings {
   stopTimeoutMs: number;
 }
 
+/** Caps on what the manifests' `resourceLimits` give each plugin of this process. */
+export interface PluginLimits {
+  /**
+   * The most young generation (MiB) a plugin thread (worker or pool) gets: a manifest asking for
+   * more, or for nothing (V8 then lets it grow to 48 MiB on a 64-bit host), gets this.
+   */
+  maxYoungGenerationSizeMb?: number;
+}
+
 export interface BoltConfig {
   /** Settings per plugin name. */
   plugins: Record<string, unknown>;
+  /** Caps for every plugin: bolt.yaml's `pluginLimits` over the defaults of the process's roles. */
+  pluginLimits: PluginLimits;
   /** `process` runs every plugin not shipped with Bolt in a child process, whatever its manifest says. */
   untrustedIsolation?: 'process';
   supervisor: SupervisorSettings;
@@ -47,12 +58,35 @@ export const DEFAULT_SUPERVISOR: SupervisorSettings = {
   stopTimeoutMs: 5000,
 };
 
+/**
+ * Defaults per role for what bolt.yaml leaves out. An agent (client) runs beside the workload it
+ * measures, so its plugins get a 3 MiB young generation, as its client-only plugins' manifests
+ * already ask: without the cap the transport (whose manifest serves the server and sink too, where
+ * a big young generation pays) grew one to 16 MiB that it sometimes kept (BENCHMARKS.md,
+ * agent-overhead). A process with several roles takes a default only when each of its roles has
+ * one, the largest.
+ */
+const ROLE_PLUGIN_LIMITS: Readonly<Record<string, PluginLimits>> = {
+  client: { maxYoungGenerationSizeMb: 3 },
+};
+
+function rolePluginLimits(roles: readonly string[]): PluginLimits {
+  const caps = roles.map((role) => ROLE_PLUGIN_LIMITS[role]?.maxYoungGenerationSizeMb);
+  const set = caps.filter((cap) => cap !== undefined);
+  return set.length > 0 && set.length === caps.length ? { maxYoungGenerationSizeMb: Math.max(...set) } : {};
+}
+
 const configSchema = {
   type: 'object',
   additionalProperties: false,
   properties: {
     plugins: { type: 'object', additionalProperties: { type: 'object' } },
     untrustedIsolation: { enum: ['process'] },
+    pluginLimits: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { maxYoungGenerationSizeMb: { type: 'integer', minimum: 1, maximum: 4096 } },
+    },
     supervisor: {
       type: 'object',
       additionalProperties: false,
@@ -66,8 +100,11 @@ const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
 const validateConfig = ajv.compile(configSchema);
 const pluginValidators = new Map<string, ValidateFunction>();
 
-/** Reads bolt.yaml; a missing file gives the defaults. Throws BOLT_ERR_CONFIG_INVALID naming the file and field. */
-export async function loadConfig(file: string | undefined): Promise<BoltConfig> {
+/**
+ * Reads bolt.yaml; a missing file gives the defaults, those of `roles` included. Throws
+ * BOLT_ERR_CONFIG_INVALID naming the file and field.
+ */
+export async function loadConfig(file: string | undefined, roles: readonly string[]): Promise<BoltConfig> {
   let raw: unknown = {};
   if (file) {
     let text: string;
@@ -89,6 +126,7 @@ export async function loadConfig(file: string | undefined): Promise<BoltConfig> 
   const r = raw as Partial<BoltConfig>;
   return {
     plugins: r.plugins ?? {},
+    pluginLimits: { ...rolePluginLimits(roles), ...r.pluginLimits },
     ...(r.untrustedIsolation ? { untrustedIsolation: r.untrustedIsolation } : {}),
     supervisor: { ...DEFAULT_SUPERVISOR, ...r.supervisor },
     watcher: { settleMs: r.watcher?.settleMs ?? 100 },

@@ -5,10 +5,12 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import v8 from 'node:v8';
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { toErrorInfo, type ErrorInfo } from '../../plugin-sdk/src/errors.ts';
 import type { Isolation, PluginManifest } from '../../plugin-sdk/src/schemas/manifest.ts';
+import type { PluginLimits } from '../config/index.ts';
 import type { CoreMessage, HostInit, HostMessage } from './protocol.ts';
 import type { PoolOutcome } from './pool-entry.ts';
 
@@ -37,9 +39,33 @@ export interface HostOptions {
   runtimeUrl: string;
   /** URL of the bundled pool entry (core/host/pool-entry.ts) for pool hosts. */
   poolEntryUrl: string;
+  /** bolt.yaml's caps on the manifest's resourceLimits. */
+  pluginLimits: PluginLimits;
 }
 
 const DEFAULT_HEAP_MB = 256;
+
+/** The manifest's young generation for a plugin thread, capped by bolt.yaml's pluginLimits (undefined: V8's default). */
+function youngGenerationMb(opts: HostOptions): number | undefined {
+  const asked = opts.manifest.resourceLimits?.maxYoungGenerationSizeMb;
+  const cap = opts.pluginLimits.maxYoungGenerationSizeMb;
+  return cap === undefined ? asked : Math.min(asked ?? cap, cap);
+}
+
+let semiSpaceFlagCleared = false;
+
+/**
+ * V8 lets a `--max-semi-space-size` given to node override the young generation of every thread
+ * started after it, a worker's resourceLimits included. bin/bolt-core gives one to keep the core's
+ * own threads small (main, tsx's loader); a plugin thread's young generation follows its manifest
+ * and bolt.yaml instead, so the flag is cleared before the first one starts. Threads already
+ * running keep the size they were given.
+ */
+function clearSemiSpaceFlag(): void {
+  if (semiSpaceFlagCleared) return;
+  v8.setFlagsFromString('--max-semi-space-size=0');
+  semiSpaceFlagCleared = true;
+}
 
 export function createHost(isolation: Isolation, opts: HostOptions): PluginHost {
   switch (isolation) {
@@ -64,13 +90,15 @@ class WorkerHost extends EventEmitter implements PluginHost {
   constructor(opts: HostOptions) {
     super();
     const limits = opts.manifest.resourceLimits ?? {};
+    const young = youngGenerationMb(opts);
+    clearSemiSpaceFlag();
     this.worker = new Worker(fileURLToPath(opts.runtimeUrl), {
       workerData: { init: opts.init },
       name: `plugin:${opts.init.name}`,
       execArgv: ['--enable-source-maps'],
       resourceLimits: {
         maxOldGenerationSizeMb: limits.maxOldGenerationSizeMb ?? DEFAULT_HEAP_MB,
-        ...(limits.maxYoungGenerationSizeMb ? { maxYoungGenerationSizeMb: limits.maxYoungGenerationSizeMb } : {}),
+        ...(young ? { maxYoungGenerationSizeMb: young } : {}),
         ...(limits.stackSizeMb ? { stackSizeMb: limits.stackSizeMb } : {}),
       },
     });
@@ -182,13 +210,15 @@ class PoolHost extends EventEmitter implements PluginHost {
     super();
     this.name = opts.init.name;
     const limits = opts.manifest.resourceLimits ?? {};
+    const young = youngGenerationMb(opts);
+    clearSemiSpaceFlag();
     this.pool = new Piscina({
       filename: fileURLToPath(opts.poolEntryUrl),
       workerData: { init: opts.init },
       minThreads: opts.manifest.pool?.minThreads ?? 1,
       maxThreads: opts.manifest.pool?.maxThreads ?? 2,
       idleTimeout: 30_000,
-      resourceLimits: { maxOldGenerationSizeMb: limits.maxOldGenerationSizeMb ?? DEFAULT_HEAP_MB },
+      resourceLimits: { maxOldGenerationSizeMb: limits.maxOldGenerationSizeMb ?? DEFAULT_HEAP_MB, ...(young ? { maxYoungGenerationSizeMb: young } : {}) },
       // Idle threads keep their event loop turning instead of blocking in Atomics.wait, so an error
       // or rejection that a call leaves behind ends its thread (a crash) rather than going unnoticed.
       atomics: 'disabled',

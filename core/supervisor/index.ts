@@ -262,7 +262,7 @@ export class Supervisor extends EventEmitter {
     if (!manifest || !init || !isolation) return;
     this.setState(record, 'loading');
     record.hostError = undefined;
-    const host = createHost(isolation, { init, manifest, runtimeUrl: this.opts.runtimeUrl, poolEntryUrl: this.opts.poolEntryUrl });
+    const host = createHost(isolation, { init, manifest, runtimeUrl: this.opts.runtimeUrl, poolEntryUrl: this.opts.poolEntryUrl, pluginLimits: this.opts.config.pluginLimits });
     record.host = host;
     const broker = this.opts.broker;
     broker.attach(record.name, {

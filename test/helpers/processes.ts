@@ -27,9 +27,13 @@ export interface SpawnOptions {
   netns?: string;
 }
 
-/** Starts `bolt-core ARGS...` with log lines as JSON (no TTY), debug level unless `env` says otherwise. */
+/**
+ * Starts `bolt-core ARGS...` through bin/bolt-core as a user does (its launcher's settings
+ * included; the pid is node's), with log lines as JSON (no TTY), debug level unless `env` says
+ * otherwise.
+ */
 export function spawnBolt(args: string[], opts: SpawnOptions = {}): BoltProcess {
-  const argv = [process.execPath, BIN, ...args];
+  const argv = [BIN, ...args];
   const [cmd, ...rest] = opts.netns ? ['ip', 'netns', 'exec', opts.netns, ...argv] : argv;
   const proc = spawn(cmd!, rest, {
     cwd: opts.cwd ?? REPO,
@@ -113,14 +117,14 @@ export interface CliResult {
 const cliProcesses = new Set<ChildProcess>();
 
 /**
- * `bolt-core ARGS...` as a separate process from the repository, without $BOLT_API_TOKEN, with
+ * `bolt-core ARGS...` through bin/bolt-core from the repository, without $BOLT_API_TOKEN, with
  * stdout and stderr apart; SIGKILLed after `timeoutMs`. `result` settles once the process exited
  * and both pipes ended, so the output is complete.
  */
 export function runCli(args: string[], timeoutMs = 60_000): { proc: ChildProcess; result: Promise<CliResult> } {
   const env = { ...process.env };
   delete env.BOLT_API_TOKEN;
-  const proc = spawn(process.execPath, [BIN, ...args], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(BIN, args, { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
   cliProcesses.add(proc);
   let stdout = '';
   let stderr = '';
