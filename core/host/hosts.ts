@@ -45,11 +45,18 @@ export interface HostOptions {
 
 const DEFAULT_HEAP_MB = 256;
 
-/** The manifest's young generation for a plugin thread, capped by bolt.yaml's pluginLimits (undefined: V8's default). */
-function youngGenerationMb(opts: HostOptions): number | undefined {
-  const asked = opts.manifest.resourceLimits?.maxYoungGenerationSizeMb;
+/**
+ * The heap limits of a plugin thread (worker or pool): the manifest's, the young generation capped
+ * by bolt.yaml's pluginLimits (left out: V8's default). Clears node's semi-space flag first, which
+ * would override them (see clearSemiSpaceFlag).
+ */
+function threadHeapLimits(opts: HostOptions): { maxOldGenerationSizeMb: number; maxYoungGenerationSizeMb?: number } {
+  clearSemiSpaceFlag();
+  const limits = opts.manifest.resourceLimits ?? {};
+  const asked = limits.maxYoungGenerationSizeMb;
   const cap = opts.pluginLimits.maxYoungGenerationSizeMb;
-  return cap === undefined ? asked : Math.min(asked ?? cap, cap);
+  const young = cap === undefined ? asked : Math.min(asked ?? cap, cap);
+  return { maxOldGenerationSizeMb: limits.maxOldGenerationSizeMb ?? DEFAULT_HEAP_MB, ...(young ? { maxYoungGenerationSizeMb: young } : {}) };
 }
 
 let semiSpaceFlagCleared = false;
@@ -89,18 +96,12 @@ class WorkerHost extends EventEmitter implements PluginHost {
 
   constructor(opts: HostOptions) {
     super();
-    const limits = opts.manifest.resourceLimits ?? {};
-    const young = youngGenerationMb(opts);
-    clearSemiSpaceFlag();
+    const stackSizeMb = opts.manifest.resourceLimits?.stackSizeMb;
     this.worker = new Worker(fileURLToPath(opts.runtimeUrl), {
       workerData: { init: opts.init },
       name: `plugin:${opts.init.name}`,
       execArgv: ['--enable-source-maps'],
-      resourceLimits: {
-        maxOldGenerationSizeMb: limits.maxOldGenerationSizeMb ?? DEFAULT_HEAP_MB,
-        ...(young ? { maxYoungGenerationSizeMb: young } : {}),
-        ...(limits.stackSizeMb ? { stackSizeMb: limits.stackSizeMb } : {}),
-      },
+      resourceLimits: { ...threadHeapLimits(opts), ...(stackSizeMb ? { stackSizeMb } : {}) },
     });
     this.worker.on('message', (msg: HostMessage) => this.emit('message', msg));
     // Without an 'error' listener the first uncaught error in the worker would end the whole process.
@@ -209,16 +210,13 @@ class PoolHost extends EventEmitter implements PluginHost {
   constructor(opts: HostOptions) {
     super();
     this.name = opts.init.name;
-    const limits = opts.manifest.resourceLimits ?? {};
-    const young = youngGenerationMb(opts);
-    clearSemiSpaceFlag();
     this.pool = new Piscina({
       filename: fileURLToPath(opts.poolEntryUrl),
       workerData: { init: opts.init },
       minThreads: opts.manifest.pool?.minThreads ?? 1,
       maxThreads: opts.manifest.pool?.maxThreads ?? 2,
       idleTimeout: 30_000,
-      resourceLimits: { maxOldGenerationSizeMb: limits.maxOldGenerationSizeMb ?? DEFAULT_HEAP_MB, ...(young ? { maxYoungGenerationSizeMb: young } : {}) },
+      resourceLimits: threadHeapLimits(opts),
       // Idle threads keep their event loop turning instead of blocking in Atomics.wait, so an error
       // or rejection that a call leaves behind ends its thread (a crash) rather than going unnoticed.
       atomics: 'disabled',

@@ -74,13 +74,12 @@ type Parsed = { kind: 'event'; record: TaskEventRecord } | { kind: 'batch'; reco
 type Queued = Parsed | { kind: 'text'; record: SampleBatchText };
 
 /**
- * Samples stored in one transaction at most (a message with more still goes alone). About 70 ms of
- * the writer's thread at ~300,000 samples per CPU-second, so a backlog is stored in steps short
- * enough for the worker to answer its heartbeats (the supervisor ends a worker silent for 2 s)
- * even when it gets only a fraction of a core on a busy machine. Larger transactions cost less
- * per sample (a commit writes each dirty page once, and each aggregate bucket once): grouped
- * 5,000 samples at a time, 1,000 hosts' batches of 200 took 4.2 us of CPU per sample, 20,000 at a
- * time 3.4 us.
+ * Samples stored in one transaction at most (a message with more still goes alone): 16–28 ms of
+ * the writer's CPU at the 0.8–1.4 µs per sample of bench/sink-store, so a backlog is stored in
+ * steps short enough for the worker to answer its heartbeats (the supervisor ends a worker silent
+ * for 2 s) even when it gets only a fraction of a core on a busy machine (bench/sink-ingest saw
+ * 140–430 ms of wall time at most with both cores saturated). Larger transactions cost less per
+ * sample: a commit writes each dirty page and each aggregate bucket once.
  */
 export const MAX_SAMPLES_PER_WRITE = 20_000;
 /**

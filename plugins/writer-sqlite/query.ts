@@ -71,9 +71,11 @@ export async function metricsView(store: SinkStore, data: unknown): Promise<Metr
   const req = parseMetricsRequest(data);
   const { runId, metric, host, task, from, to } = req;
   const agg = req.agg!;
+  // Not for raw queries: they read every metric's blocks in one pass.
+  const metricNames = () => (metric !== undefined ? [metric] : store.listMetrics(runId));
   if (agg === 'summary') {
     const rows: MetricSummary[] = [];
-    for (const name of metric !== undefined ? [metric] : store.listMetrics(runId)) {
+    for (const name of metricNames()) {
       rows.push(...store.summarizeFleet(runId, name));
       await yieldToEventLoop();
     }
@@ -87,8 +89,7 @@ export async function metricsView(store: SinkStore, data: unknown): Promise<Metr
   if (agg === 'raw') {
     return store.querySamples({ runId, ...(metric !== undefined && { metric }), ...(host !== undefined && { host }), ...(task !== undefined && { taskId: task }), ...range, limit: MAX_RAW_SAMPLES, maxScanned: MAX_RAW_SCANNED });
   }
-  const metrics = metric !== undefined ? [metric] : store.listMetrics(runId);
-  const buckets = metrics.flatMap((name) =>
+  const buckets = metricNames().flatMap((name) =>
     store.queryBuckets({ runId, metric: name, ...(task !== undefined && { taskId: task }), ...range }).map((series) => ({ metric: name, ...series })),
   );
   if (agg === 'fleet') return buckets;

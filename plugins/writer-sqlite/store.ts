@@ -661,7 +661,6 @@ export class SinkStore {
     | 'listHostResultsOfTask'
     | 'hostName'
     | 'tagsJson'
-    | 'metricsByName'
     | 'blocksOfRun'
     | 'runBucketMs'
     | 'runAndBucketMs'
@@ -836,7 +835,6 @@ export class SinkStore {
         WHERE r.run_id = ? AND k.task_id = ? ORDER BY h.name`),
       hostName: prepare('SELECT name FROM hosts WHERE id = ?').pluck(),
       tagsJson: prepare('SELECT tags FROM tag_sets WHERE id = ?').pluck(),
-      metricsByName: prepare('SELECT id, name FROM metrics ORDER BY name'),
       // Walks sample_blocks_by_run in order (its last column is the rowid): no sort.
       blocksOfRun: prepare('SELECT host, t0, count, data FROM sample_blocks WHERE run = ? ORDER BY t0, rowid').raw(),
       runBucketMs: prepare('SELECT bucket_ms FROM runs WHERE id = ?').pluck(),

@@ -12,8 +12,8 @@ import path from 'node:path';
 import { serviceRequest } from '../../core/cli/admin-client.ts';
 import type { HostResult, RunView, TaskView } from '../../core/cli/run-view.ts';
 import { REPO } from '../helpers/core.ts';
-import { ProcessFleet, sinkRows, taskOf } from '../helpers/e2e-fleet.ts';
-import { eventually, killCliProcesses, runCli, type CliResult } from '../helpers/processes.ts';
+import { fleetForSuite, ProcessFleet, sinkRows, taskOf } from '../helpers/e2e-fleet.ts';
+import { eventually, runCli, type CliResult } from '../helpers/processes.ts';
 
 const JOBS = path.join(REPO, 'test', 'e2e', 'jobs');
 const NAMES = ['c0', 'c1', 'c2'];
@@ -177,17 +177,7 @@ class Fleet extends ProcessFleet {
 
 /** A fleet started before the describe's tests and stopped (with every CLI and leftover process) after them. */
 function fleetFor(separateSink: boolean): Fleet {
-  const fleet = new Fleet(separateSink);
-  before(async function () {
-    this.timeout(90_000);
-    await fleet.start();
-  });
-  after(async () => {
-    await killCliProcesses();
-    await fleet.stop();
-    killLeftovers();
-  });
-  return fleet;
+  return fleetForSuite(new Fleet(separateSink), () => killLeftovers());
 }
 
 describe('jobs end to end: one server with its sink, three client processes, bolt-core run/show/cancel/runs', function () {

@@ -18,8 +18,8 @@ import { serviceRequest } from '../../core/cli/admin-client.ts';
 import type { RunView } from '../../core/cli/run-view.ts';
 import type { RawSeriesView } from '../../plugins/writer-sqlite/services.ts';
 import { REPO } from '../helpers/core.ts';
-import { ProcessFleet, sinkRows, taskOf } from '../helpers/e2e-fleet.ts';
-import { eventually, killCliProcesses, runCli, type CliResult } from '../helpers/processes.ts';
+import { fleetForSuite, ProcessFleet, sinkRows, taskOf } from '../helpers/e2e-fleet.ts';
+import { eventually, runCli, type CliResult } from '../helpers/processes.ts';
 
 const JOBS = path.join(REPO, 'test', 'e2e', 'metrics');
 const NAMES = ['m0', 'm1', 'm2'];
@@ -223,15 +223,7 @@ class Fleet extends ProcessFleet {
 
 describe('host metrics end to end: server, separate sink and three clients as processes', function () {
   this.timeout(60_000);
-  const fleet = new Fleet();
-  before(async function () {
-    this.timeout(90_000);
-    await fleet.start();
-  });
-  after(async () => {
-    await killCliProcesses();
-    await fleet.stop();
-  });
+  const fleet = fleetForSuite(new Fleet());
 
   it('samples exactly the job\'s groups, and a task\'s own groups where it overrides them, on every host within each task\'s window', async () => {
     const sentBefore = await sentSamples(fleet, NAMES);

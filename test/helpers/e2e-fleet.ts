@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { RunView, TaskView } from '../../core/cli/run-view.ts';
 import { connectServer, type ServerApi } from '../../core/cli/server-api.ts';
-import { eventually, freePort, spawnBolt, type BoltProcess } from './processes.ts';
+import { eventually, freePort, killCliProcesses, spawnBolt, type BoltProcess } from './processes.ts';
 
 export class ProcessFleet {
   /** Whether the sink runs as its own process (`--role sink`) rather than inside the server. */
@@ -117,6 +117,23 @@ export class ProcessFleet {
     await Promise.all(this.#all.map((p) => p.kill()));
     if (this.dir) await rm(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Starts `fleet` (its `start`) before the enclosing describe's tests and, after them, ends every
+ * CLI process and the fleet, then runs `cleanup`. Returns the fleet.
+ */
+export function fleetForSuite<T extends ProcessFleet & { start(): Promise<void> }>(fleet: T, cleanup?: () => void): T {
+  before(async function () {
+    this.timeout(90_000);
+    await fleet.start();
+  });
+  after(async () => {
+    await killCliProcesses();
+    await fleet.stop();
+    cleanup?.();
+  });
+  return fleet;
 }
 
 /** Rows of a sink's SQLite file, read through a read-only connection of its own. */
